@@ -1,0 +1,322 @@
+"""The store against a real SQLite file and the local PostgreSQL: accounts, poses, objects, chat."""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from worldstate.passwords import ScryptCost, hash_password, verify_password
+from worldstate.records import WorldError
+from worldstate.store import (
+    ChatLine, InvalidRecord, NameTaken, ObjectExists, ObjectRecord, PlayerRecord, Store,
+    StoreClosed, StoreError, StoreSettings,
+)
+
+PG_URL = os.environ.get(
+    "WORLDSMITH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+# Cheap enough for tests, still the real scrypt path.
+FAST = StoreSettings(kdf=ScryptCost(n=2**8, r=8, p=1))
+
+
+def _pg_schema_url(schema: str) -> str:
+    """PG_URL with its search_path pinned to `schema`, so tests never see each other's rows."""
+    url = make_url(PG_URL)
+    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path):
+    """A URL to an empty database: a SQLite file under tmp_path, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'world.db'}"
+        return
+    admin = create_engine(PG_URL)
+    schema = f"ws_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except OperationalError as e:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {e.orig}")
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    """An open store on `store_url`, closed after the test."""
+    s = Store(store_url, settings=FAST)
+    yield s
+    s.close()
+
+
+def _obj(i: int, owner: str | None = "alice", **kw) -> ObjectRecord:
+    fields = dict(id=f"o:{i}", owner=owner, shape="box", color="#a1b2c3", label=f"crate {i}",
+                  x=float(i), y=0.5, z=-float(i), yaw=0.25, created_ms=1_700_000_000_000 + i)
+    fields.update(kw)
+    return ObjectRecord(**fields)
+
+
+def _line(i: int, **kw) -> ChatLine:
+    fields = dict(st_ms=1_700_000_000_000 + i, shard="east", sender_id="p:1",
+                  sender_name="alice", channel="say", text=f"line {i} — ünïcode", to=None)
+    fields.update(kw)
+    return ChatLine(**fields)
+
+
+# -- accounts ---------------------------------------------------------------------------
+def test_account_password_right_wrong_and_unknown(store):
+    """A created account accepts its password in any name case, refuses others, and unknown names give None."""
+    store.create_account("Alice", "s3cret pw")
+    assert store.check_password("Alice", "s3cret pw") is True
+    assert store.check_password("aLICE", "s3cret pw") is True
+    assert store.check_password("Alice", "s3cret PW") is False
+    assert store.check_password("bob", "s3cret pw") is None
+    assert store.has_account("ALICE") and not store.has_account("bob")
+
+
+def test_duplicate_name_in_any_case_is_refused(store):
+    """Claiming a taken name in another letter case raises NameTaken and leaves the original password in force."""
+    store.create_account("Alice", "first")
+    with pytest.raises(NameTaken):
+        store.create_account("ALICE", "second")
+    assert isinstance(NameTaken("x"), StoreError) and isinstance(NameTaken("x"), WorldError)
+    assert store.check_password("alice", "first") is True
+    assert store.check_password("alice", "second") is False
+
+
+def test_hash_is_salted_and_never_the_password(store, store_url):
+    """Two accounts with one password store different hashes that carry their scrypt parameters and not the password."""
+    store.create_account("alice", "same password")
+    store.create_account("bob", "same password")
+    engine = create_engine(store_url)
+    with engine.connect() as conn:
+        hashes = [r[0] for r in conn.execute(text("SELECT password_hash FROM accounts"))]
+    engine.dispose()
+    assert len(hashes) == 2 and hashes[0] != hashes[1]
+    for h in hashes:
+        assert "same password" not in h
+        assert h.startswith("scrypt$256$8$1$")
+
+
+def test_old_cost_hash_verifies_then_upgrades(store_url):
+    """A hash made at an older KDF cost still verifies after the cost changes, and is rehashed at the new cost."""
+    old = Store(store_url, settings=FAST)
+    old.create_account("alice", "pw")
+    old.close()
+    new = Store(store_url, settings=StoreSettings(kdf=ScryptCost(n=2**9)))
+    try:
+        assert new.check_password("alice", "wrong") is False
+        assert new.check_password("alice", "pw") is True
+        engine = create_engine(store_url)
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT password_hash FROM accounts")).scalar_one()
+        engine.dispose()
+        assert stored.startswith("scrypt$512$8$1$")
+        assert new.check_password("ALICE", "pw") is True
+    finally:
+        new.close()
+
+
+def test_malformed_stored_hash_verifies_nothing():
+    """A damaged or foreign hash string makes verification fail instead of raising."""
+    good = hash_password("pw", ScryptCost(n=2**8))
+    assert verify_password("pw", good)
+    for bad in ["", "pw", "bcrypt$x", good.replace("scrypt$256", "scrypt$300"),
+                good[:-8], "scrypt$1073741824$8$1$AAAA$AAAA"]:
+        assert verify_password("pw", bad) is False
+
+
+def test_scrypt_cost_is_validated():
+    """KDF cost settings reject non-powers-of-two, zero factors and gigabyte-scale memory."""
+    for bad in [dict(n=1000), dict(n=1), dict(r=0), dict(p=0), dict(n=2**20, r=16)]:
+        with pytest.raises(ValueError):
+            ScryptCost(**bad)
+    with pytest.raises(ValueError):
+        StoreSettings(sqlite_synchronous="OFF")
+
+
+# -- settings ---------------------------------------------------------------------------
+def test_secret_is_created_once_and_kept_across_reopen(store_url):
+    """The token secret is 32 random bytes, identical on every call and after reopening the database."""
+    first = Store(store_url, settings=FAST)
+    secret = first.get_secret()
+    assert len(secret) == 32 and secret == first.get_secret()
+    first.close()
+    again = Store(store_url, settings=FAST)
+    assert again.get_secret() == secret
+    again.close()
+
+
+# -- players ----------------------------------------------------------------------------
+def test_poses_upsert_and_survive_reopen(store_url):
+    """Saved poses are upserted per name (any case), the newest wins, and they load after reopening."""
+    s = Store(store_url, settings=FAST)
+    s.save_poses([PlayerRecord("Alice", 1, 2, 3, 0.1, 100), PlayerRecord("bob", 5, 0, 5, 0, 100)])
+    s.save_poses([PlayerRecord("alice", 10, 20, 30, 1.5, 200)])
+    s.save_poses([PlayerRecord("ALICE", -1, -1, -1, 0, 150)])  # older than stored: ignored
+    s.close()
+    s = Store(store_url, settings=FAST)
+    try:
+        assert s.load_player("ALICE") == PlayerRecord("alice", 10.0, 20.0, 30.0, 1.5, 200)
+        assert s.load_player("bob") == PlayerRecord("bob", 5.0, 0.0, 5.0, 0.0, 100)
+        assert s.load_player("carol") is None
+        assert s.load_player("x" * 500) is None
+    finally:
+        s.close()
+
+
+def test_large_pose_batch_coalesces_within_batch(store):
+    """One batch of 1,500 poses (past the statement chunk size) with repeated names keeps the last per name."""
+    batch = [PlayerRecord(f"p{i % 700}", float(i), 0, 0, 0, 1_000) for i in range(1500)]
+    store.save_poses(batch)
+    assert store.load_player("p0").x == 1400.0
+    assert store.load_player("p699").x == 1399.0
+    assert store.load_player("p99").x == 1499.0
+
+
+# -- objects ----------------------------------------------------------------------------
+def test_objects_add_remove_and_reload(store_url):
+    """Objects round-trip every field, duplicates are refused, removal reports existence, and all survive reopen."""
+    s = Store(store_url, settings=FAST)
+    s.add_object(_obj(2))
+    s.add_object(_obj(1, owner=None, color=None, label=None))
+    s.add_object(_obj(3))
+    with pytest.raises(ObjectExists):
+        s.add_object(_obj(2, label="imposter"))
+    assert s.remove_object("o:3") is True
+    assert s.remove_object("o:3") is False
+    assert s.remove_object("o:nope") is False
+    s.close()
+    s = Store(store_url, settings=FAST)
+    try:
+        assert s.load_objects() == [_obj(1, owner=None, color=None, label=None), _obj(2)]
+    finally:
+        s.close()
+
+
+# -- chat -------------------------------------------------------------------------------
+def test_chat_log_keeps_order_and_fields(store):
+    """Logged chat comes back oldest-first with private `to` intact, and `limit` keeps only the newest lines."""
+    store.log_chat([_line(i) for i in range(5)])
+    store.log_chat([_line(5, channel="whisper", to="p:9", text="")])
+    assert store.recent_chat(100) == [_line(i) for i in range(5)] + [
+        _line(5, channel="whisper", to="p:9", text="")
+    ]
+    assert [c.st_ms for c in store.recent_chat(2)] == [1_700_000_000_004, 1_700_000_000_005]
+    assert store.recent_chat(0) == []
+    with pytest.raises(InvalidRecord):
+        store.recent_chat(-1)
+
+
+# -- bad input --------------------------------------------------------------------------
+def test_bad_records_cannot_be_built():
+    """Records refuse wrong types, oversize text, NUL, bad colors, bad ids and non-finite numbers."""
+    bad = [
+        lambda: PlayerRecord("", 0, 0, 0, 0, 0),
+        lambda: PlayerRecord("a" * 65, 0, 0, 0, 0, 0),
+        lambda: PlayerRecord("al\nice", 0, 0, 0, 0, 0),
+        lambda: PlayerRecord("alice", float("nan"), 0, 0, 0, 0),
+        lambda: PlayerRecord("alice", 0, 0, 0, 0, -1),
+        lambda: PlayerRecord("alice", "1", 0, 0, 0, 0),
+        lambda: _obj(1, id="x:1"),
+        lambda: _obj(1, color="red"),
+        lambda: _obj(1, label="x" * 201),
+        lambda: _obj(1, shape="a\x00b"),
+        lambda: _line(1, text="x" * 4001),
+        lambda: _line(1, sender_name=None),
+    ]
+    for make in bad:
+        with pytest.raises(InvalidRecord):
+            make()
+
+
+def test_bad_input_changes_nothing(store):
+    """A batch with one bad item, an oversize name or a non-string password raises and writes nothing."""
+    store.save_poses([PlayerRecord("alice", 1, 1, 1, 0, 10)])
+    with pytest.raises(InvalidRecord):
+        store.save_poses([PlayerRecord("alice", 9, 9, 9, 0, 20), "not a record"])
+    with pytest.raises(InvalidRecord):
+        store.log_chat([_line(1), {"text": "forged"}])
+    with pytest.raises(InvalidRecord):
+        store.create_account("n" * 65, "pw")
+    with pytest.raises(InvalidRecord):
+        store.create_account("bob", b"bytes")
+    with pytest.raises(InvalidRecord):
+        store.add_object({"id": "o:1"})
+    assert store.load_player("alice").x == 1.0
+    assert store.recent_chat(10) == []
+    assert not store.has_account("bob") and store.load_objects() == []
+
+
+def test_closed_store_refuses_calls(store_url):
+    """After close() every call raises StoreClosed, and closing twice is harmless."""
+    s = Store(store_url, settings=FAST)
+    s.close()
+    s.close()
+    with pytest.raises(StoreClosed):
+        s.load_objects()
+
+
+def test_unopenable_database_is_a_store_error(tmp_path):
+    """A SQLite path in a missing directory, or a non-URL, raises StoreError naming the problem."""
+    with pytest.raises(StoreError, match="cannot open database"):
+        Store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'w.db'}")
+    with pytest.raises(StoreError, match="not a database URL"):
+        Store("::not a url::")
+
+
+def test_sqlite_uses_wal_and_full_sync(tmp_path):
+    """A SQLite store's connections run in WAL mode with synchronous=FULL and a busy timeout."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    s = Store(url, settings=FAST)
+    try:
+        with s._engine.connect() as conn:  # the store's own pooled connection
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+    finally:
+        s.close()
+
+
+def test_concurrent_threads_do_not_corrupt(store):
+    """Four threads saving poses and logging chat at once leave every line and the last pose of each stored."""
+    def work(n: int) -> None:
+        for i in range(25):
+            store.save_poses([PlayerRecord(f"t{n}", float(i), 0, 0, 0, i)])
+            store.log_chat([_line(i, sender_id=f"p:{n}")])
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(store.recent_chat(1000)) == 100
+    assert [store.load_player(f"t{n}").x for n in range(4)] == [24.0] * 4
+
+
+def test_in_memory_sqlite_is_one_database():
+    """A `sqlite://` in-memory store keeps its data across calls from different threads."""
+    s = Store("sqlite://", settings=FAST)
+    try:
+        s.add_object(_obj(1))
+        seen: list = []
+        th = threading.Thread(target=lambda: seen.extend(s.load_objects()))
+        th.start()
+        th.join()
+        assert seen == [_obj(1)]
+    finally:
+        s.close()
