@@ -12,11 +12,7 @@ from dataclasses import dataclass
 
 from worldstate import tables as t
 
-try:
-    from worldstate.errors import WorldError
-except ImportError:  # pragma: no cover - until the world-model issue lands worldstate.errors
-    class WorldError(Exception):
-        """Stand-in root for worldstate's exceptions."""
+from worldstate.errors import WorldError
 
 _COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 

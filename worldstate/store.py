@@ -124,7 +124,6 @@ class Store:
 
         A hash made with an older scrypt cost is upgraded to the current one on success.
         """
-        _check_password(password)
         key = _lookup_key(name)
         if key is None:
             return None
@@ -133,6 +132,9 @@ class Store:
             stored = None if row is None else row.password_hash
         if stored is None:
             return None
+        # A password no account could have (wrong type, empty, oversize) is simply wrong.
+        if not isinstance(password, str) or not 1 <= len(password) <= MAX_PASSWORD_CHARS:
+            return False
         ok = verify_password(password, stored)
         if ok and needs_rehash(stored, self.settings.kdf):
             self._rehash(key, stored, password)

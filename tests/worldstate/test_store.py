@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from worldstate.passwords import ScryptCost, hash_password, verify_password
-from worldstate.records import WorldError
+from worldstate.errors import WorldError
 from worldstate.store import (
     ChatLine, InvalidRecord, NameTaken, ObjectExists, ObjectRecord, PlayerRecord, Store,
     StoreClosed, StoreError, StoreSettings,
@@ -79,13 +79,17 @@ def _line(i: int, **kw) -> ChatLine:
 
 # -- accounts ---------------------------------------------------------------------------
 def test_account_password_right_wrong_and_unknown(store):
-    """A created account accepts its password in any name case, refuses others, and unknown names give None."""
+    """A created account accepts its password in any name case, refuses others (odd ones too), and unknown names give None."""
     store.create_account("Alice", "s3cret pw")
     assert store.check_password("Alice", "s3cret pw") is True
     assert store.check_password("aLICE", "s3cret pw") is True
     assert store.check_password("Alice", "s3cret PW") is False
     assert store.check_password("bob", "s3cret pw") is None
     assert store.has_account("ALICE") and not store.has_account("bob")
+    # Passwords no account could have are wrong, not errors.
+    for odd in ["", "x" * 5000, b"s3cret pw", None]:
+        assert store.check_password("alice", odd) is False
+        assert store.check_password("bob", odd) is None
 
 
 def test_duplicate_name_in_any_case_is_refused(store):
