@@ -1,0 +1,61 @@
+"""Poses and entities: the things that exist in a world and where they stand."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from worldstate.errors import InvalidEntity
+
+KINDS = frozenset({"player", "npc", "object"})
+
+
+@dataclass(slots=True, frozen=True)
+class Pose:
+    """Where an entity stands: metres in a right-handed frame (y up) and a yaw in radians.
+
+    Frozen on purpose: a pose only changes through `World.move`/`World.teleport`, which
+    replace it, so the world always notices the change.
+    """
+
+    x: float
+    y: float
+    z: float
+    yaw: float = 0.0
+
+    def is_finite(self) -> bool:
+        """True when every coordinate and the yaw are finite numbers."""
+        return all(math.isfinite(v) for v in (self.x, self.y, self.z, self.yaw))
+
+
+@dataclass(slots=True, eq=False)
+class Entity:
+    """A player, NPC or object with a pose; `props` carries kind-specific extras (shape, colour...).
+
+    Entities are compared by identity: the world owns one live object per id.
+    """
+
+    id: str
+    kind: str
+    name: str
+    pose: Pose
+    props: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise InvalidEntity(f"entity id must be a non-empty string, got {self.id!r}")
+        if self.kind not in KINDS:
+            raise InvalidEntity(f"entity {self.id!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        if not isinstance(self.pose, Pose) or not self.pose.is_finite():
+            raise InvalidEntity(f"entity {self.id!r}: pose must be a finite Pose, got {self.pose!r}")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The protocol's entity object: id, kind, name, x, y, z, yaw, and props when set."""
+        p = self.pose
+        wire: dict[str, Any] = {
+            "id": self.id, "kind": self.kind, "name": self.name,
+            "x": p.x, "y": p.y, "z": p.z, "yaw": p.yaw,
+        }
+        if self.props:
+            wire["props"] = self.props
+        return wire
