@@ -1,0 +1,89 @@
+"""Starting and stopping a shard: the one owner of its background tasks.
+
+`run_shard(settings)` opens the database, loads the world, listens, starts the tick loop,
+logs the ready line, and yields the `Shard`. On exit it stops accepting, closes every
+client with 1001, cancels and awaits its tasks, and flushes the database.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+
+from websockets.asyncio.server import serve
+
+from server.auth import TokenSigner
+from server.connection import serve_connection
+from server.dbwriter import DbWriter
+from server.http import HttpRoutes
+from server.metrics import Histogram
+from server.npcs import NpcHook
+from server.settings import Settings
+from server.shard import Shard
+from server.ticker import Ticker
+from worldstate.config import default_world, load_world
+from worldstate.store import Store
+
+log = logging.getLogger("worldsmith")
+
+SUBPROTOCOL = "world.v1"
+
+
+def _load_config(settings: Settings):
+    return load_world(settings.world) if settings.world else default_world()
+
+
+@contextlib.asynccontextmanager
+async def run_shard(settings: Settings, *, npcs: NpcHook | None = None):
+    """Run a shard for the duration of the `async with` block; yields the `Shard`."""
+    config = _load_config(settings)
+    store = await asyncio.to_thread(Store, settings.db)
+    latency: list[Histogram] = []  # bound to the shard's histogram once it exists
+    db = DbWriter(store, pose_flush_s=settings.pose_flush_s,
+                  on_latency=lambda s: latency and latency[0].observe(s))
+    try:
+        secret = settings.secret or await db.call(store.get_secret)
+        signer = TokenSigner(secret, settings.token_ttl_s)
+        stored = await db.call(store.load_objects)
+        shard = Shard(settings, config, store, db, signer, npcs)
+        latency.append(shard.metrics.db_seconds)
+        shard.populate(stored)
+    except BaseException:
+        await db.close()
+        raise
+    server = await serve(
+        functools.partial(serve_connection, shard), settings.host, settings.port,
+        process_request=HttpRoutes(shard), subprotocols=[SUBPROTOCOL],
+        max_size=settings.max_frame, max_queue=16, compression=None,
+    )
+    shard.port = server.sockets[0].getsockname()[1]
+    ticker = asyncio.get_running_loop().create_task(Ticker(shard).run(), name="worldsmith-tick")
+    try:
+        await shard.npcs.start(shard)
+        await shard.relay.start()
+        log.info("Worldsmith shard %s ready: open %s in a browser; WebSocket %s; database %s; world %s",
+                 settings.shard, shard.http_url, shard.ws_url, store.url, config.path or config.name)
+        yield shard
+    finally:
+        await _shutdown(shard, server, ticker)
+
+
+async def _shutdown(shard: Shard, server, ticker: asyncio.Task) -> None:
+    """Stop accepting, close clients 1001, stop tasks, flush the database. Order matters:
+    clients leave first so their poses are queued before the final flush."""
+    server.close(close_connections=True)
+    try:
+        await server.wait_closed()
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        await shard.drain_tasks()
+        shard.queue_dirty_poses()
+        with contextlib.suppress(Exception):
+            await shard.npcs.close()
+        with contextlib.suppress(Exception):
+            await shard.relay.close()
+        await shard.db.close()
+        log.info("Worldsmith shard %s stopped", shard.settings.shard)

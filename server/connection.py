@@ -1,0 +1,109 @@
+"""One task per connection: the hello phase, then read -> parse -> dispatch until it ends.
+
+This is the one place that maps exceptions to what the client sees:
+ClientError -> `error` reply (and a charge on the abuse bucket; empty -> 4008);
+CloseConnection -> optional `error`, then its close code; anything else -> 1011, logged
+with its traceback, and only this connection is affected.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from websockets.exceptions import ConnectionClosed
+
+from server.errors import (INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
+                           CloseConnection)
+from server.protocol import Hello, ProtocolError, encode, parse
+from server.shard import message_type
+
+log = logging.getLogger("worldsmith.connection")
+
+
+async def serve_connection(shard, conn) -> None:
+    """The websockets handler for one client."""
+    session = None
+    close: CloseConnection | None = None
+    try:
+        session = await _hello_phase(shard, conn)
+        await _read_loop(shard, session, conn)
+    except CloseConnection as exc:
+        close = exc
+    except ConnectionClosed:
+        pass
+    except Exception:
+        log.exception("closing %s after an unexpected error", session.pid if session else "a client")
+        close = CloseConnection(INTERNAL_ERROR, "internal error")
+    finally:
+        # Leave before the closing handshake: others must not wait on this client's close.
+        if session is not None:
+            shard.leave(session, conn)
+    if close is not None:
+        await _close(shard, conn, close)
+
+
+async def _close(shard, conn, exc: CloseConnection) -> None:
+    if exc.error is not None:
+        shard.metrics.errors.inc(exc.error.code)
+        try:
+            await conn.send(encode(exc.error.reply()).decode())
+        except ConnectionClosed:
+            return
+    shard.metrics.closes.inc(str(exc.close_code))
+    await conn.close(exc.close_code, exc.reason)
+
+
+def _parse(shard, frame):
+    s = shard.settings
+    return parse(frame, max_chat=s.max_chat, name_pattern=s.name_pattern)
+
+
+async def _hello_phase(shard, conn):
+    """Wait for a valid hello within hello_timeout_s; anything else first closes 4000."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + shard.settings.hello_timeout_s
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                frame = await conn.recv()
+        except TimeoutError:
+            raise CloseConnection(PROTOCOL_VIOLATION, "no hello in time") from None
+        shard.metrics.bytes_in.inc("hello", by=len(frame))
+        try:
+            msg = _parse(shard, frame)
+        except ProtocolError as exc:
+            if exc.code == INVALID and _looks_like_hello(frame):
+                shard.metrics.errors.inc(exc.code)
+                await conn.send(encode(exc.reply()).decode())
+                continue  # a malformed hello: say why and let the client try again
+            raise CloseConnection(PROTOCOL_VIOLATION, "hello must be the first message", exc) from None
+        if not isinstance(msg, Hello):
+            raise CloseConnection(PROTOCOL_VIOLATION, "hello must be the first message",
+                                  ClientError(INVALID, "hello must be the first message",
+                                              field="t", re=msg.id))
+        shard.metrics.messages_in.inc("hello")
+        return await shard.admit(conn, msg)
+
+
+def _looks_like_hello(frame) -> bool:
+    return isinstance(frame, str) and '"hello"' in frame
+
+
+async def _read_loop(shard, session, conn) -> None:
+    metrics = shard.metrics
+    async for frame in conn:
+        if session.conn is not conn:
+            return  # replaced: the newer connection owns the session now
+        try:
+            msg = _parse(shard, frame)
+            kind = message_type(msg)
+            metrics.messages_in.inc(kind)
+            metrics.bytes_in.inc(kind, by=len(frame))
+            await shard.dispatch(session, msg)
+        except ClientError as exc:
+            if isinstance(exc, ProtocolError):
+                metrics.messages_in.inc("invalid")
+                metrics.bytes_in.inc("invalid", by=len(frame))
+            shard.reply_error(session, exc)
+            if not session.limits.abuse.take():
+                raise Abuse() from None

@@ -1,0 +1,105 @@
+"""Every setting of a shard, in one validated dataclass.
+
+Each field's `metadata["help"]` is what `python -m server --help` prints; the CLI flag is the
+field name with dashes (`max_frame` -> `--max-frame`) and the environment variable is
+`WORLDSMITH_<NAME>` (`WORLDSMITH_MAX_FRAME`).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, fields
+
+
+def _opt(default, help: str, **extra):
+    """A dataclass field carrying its CLI help text."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Configuration of one shard. Unknown keys are a TypeError; bad values a ValueError."""
+
+    # Where and what to serve.
+    host: str = _opt("127.0.0.1", "interface to listen on (0.0.0.0 accepts players from other machines)")
+    port: int = _opt(8765, "TCP port for HTTP and WebSocket (0 picks a free one)")
+    world: str | None = _opt(None, "world TOML file (default: the bundled village)")
+    db: str = _opt("sqlite:///worldsmith.db", "database URL (any SQLAlchemy URL)")
+    shard: str = _opt("main", "this shard's name, sent in welcome and who")
+    tick_hz: float = _opt(20.0, "state ticks per second")
+    secret: str | None = _opt(None, "token signing secret (default: generated and kept in the database)")
+    admins: tuple[str, ...] = _opt((), "claimed name that may remove any object (repeatable)",
+                                   flag="--admin", env="WORLDSMITH_ADMIN")
+    log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING or ERROR")
+
+    # Limits on what clients send.
+    max_frame: int = _opt(16 * 1024, "largest inbound frame in bytes (over: close 1009)")
+    max_chat: int = _opt(500, "longest chat text in characters")
+    name_pattern: str = _opt(r"[A-Za-z0-9_-]{1,24}", "regular expression a player name must match")
+    move_rate: float = _opt(30.0, "moves per second per player (excess dropped with rate_limited)")
+    move_burst: float = _opt(30.0, "moves a player may send at once before move_rate applies")
+    chat_lines: float = _opt(5.0, "chat lines per chat_window_s per player (also the burst)")
+    chat_window_s: float = _opt(10.0, "window for chat_lines, seconds")
+    action_rate: float = _opt(2.0, "place/remove per second per player")
+    action_burst: float = _opt(10.0, "place/remove a player may send at once")
+    misc_rate: float = _opt(20.0, "other messages (ping, who, ...) per second per player")
+    misc_burst: float = _opt(40.0, "other messages a player may send at once")
+    abuse_rate: float = _opt(20.0, "errors per second a client may sustain before 4008")
+    abuse_burst: float = _opt(200.0, "errors a client may cause at once before 4008")
+
+    # Sessions.
+    hello_timeout_s: float = _opt(10.0, "seconds a new connection has to send hello (else 4000)")
+    grace_s: float = _opt(30.0, "seconds a dropped player's pose is kept for a token reconnect")
+    token_ttl_s: float = _opt(7 * 24 * 3600.0, "lifetime of session tokens, seconds")
+    max_players: int = _opt(2000, "players online at once (more: close 4013)")
+
+    # Slow clients and persistence.
+    send_buffer_limit: int = _opt(256 * 1024, "bytes queued to a client above which state is skipped")
+    stuck_close_s: float = _opt(10.0, "seconds a client may stay over send_buffer_limit before it is dropped")
+    pose_flush_s: float = _opt(2.0, "seconds between batched writes of player poses")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.admins, tuple):
+            object.__setattr__(self, "admins", tuple(self.admins))
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not self.db:
+            raise ValueError("db must be a database URL")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", self.shard):
+            raise ValueError(f"shard name must be 1-32 of A-Z a-z 0-9 _ . -, got {self.shard!r}")
+        if self.secret is not None and len(self.secret) < 8:
+            raise ValueError("secret must be at least 8 characters")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError(f"unknown log_level {self.log_level!r}")
+        try:
+            re.compile(self.name_pattern)
+        except re.error as exc:
+            raise ValueError(f"name_pattern is not a regular expression: {exc}") from None
+        positive = ("tick_hz", "move_rate", "move_burst", "chat_lines", "chat_window_s",
+                    "action_rate", "action_burst", "misc_rate", "misc_burst", "abuse_rate",
+                    "abuse_burst", "hello_timeout_s", "token_ttl_s", "stuck_close_s", "pose_flush_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_frame", "max_chat", "max_players", "send_buffer_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if self.tick_hz > 1000:
+            raise ValueError(f"tick_hz must be <= 1000, got {self.tick_hz}")
+        for name in self.admins:
+            if not re.fullmatch(self.name_pattern, name):
+                raise ValueError(f"admin {name!r} is not a valid player name")
+
+    @property
+    def tick_s(self) -> float:
+        """Seconds between ticks."""
+        return 1.0 / self.tick_hz
+
+
+def setting_fields():
+    """The dataclass fields of Settings, in declaration order (for the CLI)."""
+    return fields(Settings)

@@ -1,0 +1,143 @@
+"""The tick loop: the one place that sends `state`, at most once per player per tick.
+
+Each tick asks the world for its view diffs, encodes every entity that changed ONCE
+(`enter` object, `upd` tuple, `leave` id), and builds each player's frame by joining those
+bytes. A player whose send buffer is over the limit is skipped (its view goes stale); when
+it drains it gets a full view; if it stays stuck past `stuck_close_s` it is dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+
+from server.protocol import state_frame
+from server.sessions import Session, now_ms
+
+log = logging.getLogger("worldsmith.tick")
+
+# Housekeeping that needn't run every tick.
+_GRACE_SWEEP_S = 1.0
+
+
+class FragmentCache:
+    """Per-tick encodings of entity changes, shared by every observer."""
+
+    __slots__ = ("enter", "upd", "leave")
+
+    def __init__(self) -> None:
+        self.enter: dict[str, bytes] = {}
+        self.upd: dict[str, bytes] = {}
+        self.leave: dict[str, bytes] = {}
+
+    def entered(self, entity) -> bytes:
+        frag = self.enter.get(entity.id)
+        if frag is None:
+            frag = self.enter[entity.id] = orjson.dumps(entity.to_wire())
+        return frag
+
+    def updated(self, entity) -> bytes:
+        frag = self.upd.get(entity.id)
+        if frag is None:
+            p = entity.pose
+            frag = self.upd[entity.id] = orjson.dumps([entity.id, p.x, p.y, p.z, p.yaw])
+        return frag
+
+    def left(self, eid: str) -> bytes:
+        frag = self.leave.get(eid)
+        if frag is None:
+            frag = self.leave[eid] = orjson.dumps(eid)
+        return frag
+
+
+class Ticker:
+    """Runs the shard's ticks at `tick_hz` until cancelled."""
+
+    def __init__(self, shard) -> None:
+        self.shard = shard
+        self._next_pose_flush = time.monotonic() + shard.settings.pose_flush_s
+        self._next_sweep = time.monotonic() + _GRACE_SWEEP_S
+
+    async def run(self) -> None:
+        """The loop; one tick per period, catching up by skipping rather than bunching."""
+        loop = asyncio.get_running_loop()
+        period = self.shard.settings.tick_s
+        deadline = loop.time()
+        while True:
+            deadline += period
+            delay = deadline - loop.time()
+            if delay < -period:  # fell behind by more than a tick: don't burst to catch up
+                deadline = loop.time()
+                delay = 0
+            await asyncio.sleep(max(delay, 0))
+            start = time.perf_counter()
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not stop the world
+                log.exception("tick %d failed", self.shard.tick_no)
+            self.shard.metrics.tick_seconds.observe(time.perf_counter() - start)
+
+    def tick(self) -> None:
+        """Compute view diffs and send each player at most one state frame."""
+        shard = self.shard
+        shard.tick_no += 1
+        diffs = shard.world.tick()
+        cache = FragmentCache()
+        st = now_ms()
+        mono = time.monotonic()
+        for session in list(shard.sessions.online.values()):
+            if not self._writable(session, mono):
+                continue
+            if session.stale:
+                shard.send_full_view(session)
+                continue
+            diff = diffs.get(session.pid)
+            if diff is None:
+                if session.ack != session.sent_ack:
+                    self._send(session, state_frame(shard.tick_no, st, session.ack, [], [], []))
+                continue
+            enter = [cache.entered(e) for e in diff.enter]
+            upd = [cache.updated(e) for e in diff.upd]
+            leave = [cache.left(i) for i in diff.leave]
+            if diff.enter:
+                session.known.update(e.id for e in diff.enter)
+            if diff.leave:
+                session.known.difference_update(diff.leave)
+            self._send(session, state_frame(shard.tick_no, st, session.ack, enter, upd, leave))
+        self._housekeeping(mono)
+
+    def _send(self, session: Session, frame: bytes) -> None:
+        if self.shard.write(session, frame, "state"):
+            session.sent_ack = session.ack
+
+    def _writable(self, session: Session, mono: float) -> bool:
+        """False (and the view marked stale) while the client's send buffer is over the limit."""
+        s = self.shard.settings
+        transport = session.conn.transport
+        if transport is None or transport.is_closing():
+            return False
+        size = transport.get_write_buffer_size()
+        if size <= s.send_buffer_limit:
+            session.over_since = None
+            return True
+        session.stale = True
+        self.shard.metrics.send_drops.inc()
+        if session.over_since is None:
+            session.over_since = mono
+        elif mono - session.over_since > s.stuck_close_s or size > 4 * s.send_buffer_limit:
+            log.warning("dropping %s: send buffer over send_buffer_limit=%d for %.1fs (stuck_close_s=%.1f)",
+                        session.pid, s.send_buffer_limit, mono - session.over_since, s.stuck_close_s)
+            self.shard.metrics.stuck_drops.inc()
+            transport.abort()  # a close frame would only queue behind what it can't read
+        return False
+
+    def _housekeeping(self, mono: float) -> None:
+        shard = self.shard
+        if mono >= self._next_pose_flush:
+            self._next_pose_flush = mono + shard.settings.pose_flush_s
+            shard.queue_dirty_poses()
+        if mono >= self._next_sweep:
+            self._next_sweep = mono + _GRACE_SWEEP_S
+            shard.sessions.expire()
