@@ -14,6 +14,7 @@ Records in and out are frozen dataclasses (`worldstate.records`), never ORM rows
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import threading
 import time
@@ -40,12 +41,11 @@ __all__ = [
     "InvalidRecord", "StoreClosed", "PlayerRecord", "ObjectRecord", "ChatLine",
 ]
 
+log = logging.getLogger(__name__)
+
 SECRET_KEY = "token_secret"
 SECRET_BYTES = 32
 MAX_RECENT_CHAT = 10_000
-# SQLite caps bound parameters per statement (32,766 today, 999 on old builds); 7 columns
-# x 100 rows stays under either.
-_UPSERT_CHUNK = 100
 _SQLITE_SYNC = ("NORMAL", "FULL", "EXTRA")
 
 
@@ -79,6 +79,7 @@ class Store:
             raise StoreError(f"not a database URL: {url!r}") from e
         self.url = parsed.render_as_string(hide_password=True)
         self._engine = _make_engine(parsed, self.settings)
+        self._pose_upsert = _pose_upsert(self._engine.dialect.name)
         try:
             SQLModel.metadata.create_all(self._engine)
         except SQLAlchemyError as e:
@@ -150,10 +151,14 @@ class Store:
 
     def _rehash(self, key: str, old: str, password: str) -> None:
         fresh = hash_password(password, self.settings.kdf)
-        with self._tx() as s:
-            row = s.get(t.AccountRow, key)
-            if row is not None and row.password_hash == old:  # not changed meanwhile
-                row.password_hash = fresh
+        try:
+            with self._tx() as s:
+                row = s.get(t.AccountRow, key)
+                if row is not None and row.password_hash == old:  # not changed meanwhile
+                    row.password_hash = fresh
+        except StoreError:
+            # The login itself succeeded; the upgrade can wait for the next one.
+            log.warning("could not upgrade the password hash of %r", key, exc_info=True)
 
     # -- players ----------------------------------------------------------------------
     def load_player(self, name: str) -> PlayerRecord | None:
@@ -186,17 +191,10 @@ class Store:
             for k, r in latest.items()
         ]
         with self._tx() as s:
-            for i in range(0, len(rows), _UPSERT_CHUNK):
-                self._upsert_players(s, rows[i:i + _UPSERT_CHUNK])
+            self._upsert_players(s, rows)
 
     def _upsert_players(self, s: Session, rows: list[dict]) -> None:
-        table = t.PlayerRow.__table__
-        dialect = self._engine.dialect.name
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:  # any other backend: portable but one round trip per row
+        if self._pose_upsert is None:  # a backend without ON CONFLICT: one round trip per row
             for row in rows:
                 current = s.get(t.PlayerRow, row["name_key"])
                 if current is None:
@@ -205,14 +203,8 @@ class Store:
                     for k, v in row.items():
                         setattr(current, k, v)
             return
-        stmt = dialect_insert(table).values(rows)
-        fresh = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.name_key],
-            set_={c: fresh[c] for c in ("name", "x", "y", "z", "yaw", "last_seen_ms")},
-            where=table.c.last_seen_ms <= fresh.last_seen_ms,
-        )
-        s.execute(stmt)
+        # executemany of one cached statement: compiled once, the driver loops in C.
+        s.execute(self._pose_upsert, rows)
 
     # -- objects ----------------------------------------------------------------------
     def add_object(self, rec: ObjectRecord) -> None:
@@ -327,6 +319,24 @@ def _make_engine(url, settings: StoreSettings) -> Engine:
         cur.close()
 
     return engine
+
+
+def _pose_upsert(dialect: str):
+    """INSERT … ON CONFLICT DO UPDATE for poses where a newer last_seen_ms wins, or None."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        return None
+    table = t.PlayerRow.__table__
+    stmt = dialect_insert(table)
+    fresh = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.name_key],
+        set_={c: fresh[c] for c in ("name", "x", "y", "z", "yaw", "last_seen_ms")},
+        where=table.c.last_seen_ms <= fresh.last_seen_ms,
+    )
 
 
 def _check_password(password: object) -> None:

@@ -184,7 +184,7 @@ def test_poses_upsert_and_survive_reopen(store_url):
 
 
 def test_large_pose_batch_coalesces_within_batch(store):
-    """One batch of 1,500 poses (past the statement chunk size) with repeated names keeps the last per name."""
+    """One batch of 1,500 poses with repeated names keeps the last per name."""
     batch = [PlayerRecord(f"p{i % 700}", float(i), 0, 0, 0, 1_000) for i in range(1500)]
     store.save_poses(batch)
     assert store.load_player("p0").x == 1400.0
@@ -276,11 +276,13 @@ def test_closed_store_refuses_calls(store_url):
 
 
 def test_unopenable_database_is_a_store_error(tmp_path):
-    """A SQLite path in a missing directory, or a non-URL, raises StoreError naming the problem."""
+    """A SQLite path in a missing directory, a non-URL, or an unreachable server raises StoreError naming the problem."""
     with pytest.raises(StoreError, match="cannot open database"):
         Store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'w.db'}")
     with pytest.raises(StoreError, match="not a database URL"):
         Store("::not a url::")
+    with pytest.raises(StoreError, match="cannot open database"):  # nothing listens on port 1
+        Store("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=5")
 
 
 def test_sqlite_uses_wal_and_full_sync(tmp_path):
