@@ -1,0 +1,309 @@
+"""NPCs in the world: the shard's `NpcHook` backed by our engine.
+
+A line addressed to an NPC becomes a prompt (persona, world, situation, memory, line),
+goes to the engine, and its answer streams as `npc_start`, `npc_token`..., `npc_end` to
+everyone who heard the line. One answer in flight per player; a saturated engine answers
+`busy` at once; a speaker who walks away, disconnects or sends `npc_cancel` stops the answer
+and frees its share of the batch. Memory of each player is kept per NPC and folded into a
+summary by the engine at low priority.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+from npc.knowledge import nearest_place, relevant, world_facts
+from npc.memory import Memory, fallback_summary, remember, summary_request, with_summary
+from npc.persona import Persona, parse_personas
+from npc.prompt import (PromptBudget, Recollection, Situation, Turn, build_prompt, fixed_part,
+                        time_of_day)
+from server.npcs import NpcHook, NpcLine
+from worldstate.entities import Pose
+
+log = logging.getLogger("worldsmith.npc")
+
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s*$")
+
+
+@dataclass(frozen=True)
+class NpcSettings:
+    """How NPCs answer. Every limit here is named; the shard's CLI exposes them as --npc-*."""
+
+    model: str | None = None          # GGUF file or HF directory; None: the default model; "tiny": test model
+    device: str = "auto"
+    dtype: str = "auto"
+    max_running: int = 16             # answers decoding together
+    max_waiting: int = 16             # queued beyond that; more get `busy`
+    context_tokens: int = 1536        # whole prompt plus answer
+    memory_tokens: int = 384          # recent turns kept verbatim per (NPC, player)
+    temperature: float = 0.0          # 0 = greedy (with the repetition penalty below)
+    repetition_penalty: float = 1.2
+    soft_stop: float = 0.5            # past this share of reply_tokens, end at a sentence end
+    answer_timeout_s: float = 60.0    # an answer still running after this ends as cancelled
+    leave_range_factor: float = 2.0   # the speaker beyond talk_range x this stops the answer
+    facts_per_answer: int = 2         # relevant facts placed right before the answer
+    threads: int = 0                  # torch CPU threads for the engine; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("max_running", "context_tokens", "memory_tokens", "facts_per_answer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"npc {name} must be >= 1")
+        if self.max_waiting < 0 or self.threads < 0:
+            raise ValueError("npc max_waiting and threads must be >= 0")
+        if not 0 < self.soft_stop <= 1:
+            raise ValueError("npc soft_stop must be in (0, 1]")
+        if self.answer_timeout_s <= 0 or self.leave_range_factor < 1:
+            raise ValueError("npc answer_timeout_s must be > 0 and leave_range_factor >= 1")
+
+
+@dataclass
+class _Answer:
+    reply: str
+    speaker: str
+    npc: Persona
+    listeners: tuple[str, ...]
+    stream: object = None
+    text: list[str] = field(default_factory=list)
+    pieces: int = 0
+    soft_stopped: bool = False
+    left: bool = False
+
+
+def load_engine(settings: NpcSettings):
+    """Build the engine (blocking: loads weights). 'tiny' gives the random test model."""
+    from npc.engine.engine import Engine, EngineSettings
+
+    es = EngineSettings(max_running=settings.max_running, max_waiting=settings.max_waiting,
+                        max_model_len=settings.context_tokens, device=settings.device,
+                        dtype=settings.dtype, threads=settings.threads)
+    if settings.model == "tiny":
+        from npc.engine.tiny import tiny_model, tiny_tokenizer
+
+        return Engine(tiny_model(), tiny_tokenizer(), es)
+    return Engine.from_path(settings.model, es)
+
+
+class NpcService(NpcHook):
+    """The shard's NPCs, answering through an in-process engine."""
+
+    def __init__(self, settings: NpcSettings | None = None, *, engine=None) -> None:
+        self.settings = settings or NpcSettings()
+        self.engine = engine
+        self.ready = asyncio.Event()
+        self.shard = None
+        self.personas: dict[str, Persona] = {}
+        self._fixed: dict[str, list[dict]] = {}
+        self._facts: dict[str, list[str]] = {}
+        self._answers: dict[str, _Answer] = {}   # speaker pid -> answer in flight
+        self._tasks: set[asyncio.Task] = set()
+        self._ids = itertools.count(1)
+        self._memory: dict[tuple[str, str], Memory] = {}
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self, shard) -> None:
+        """Learn the world's NPCs and load the engine in the background (lines get `busy` until then)."""
+        self.shard = shard
+        personas = parse_personas(shard.config)
+        self.personas = {p.id: p for p in personas}
+        for p in personas:
+            facts = world_facts(p, shard.config, personas)
+            self._facts[p.id] = list(p.lore) + facts
+            self._fixed[p.id] = fixed_part(p, facts)
+        if self.engine is not None:
+            self.engine.start()
+            self.ready.set()
+        elif personas:
+            self._spawn(self._load())
+
+    async def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            self.engine = await asyncio.to_thread(load_engine, self.settings)
+            self.engine.start()
+        except Exception:
+            log.exception("NPC engine failed to load; NPCs will answer busy")
+            return
+        log.info("NPC engine ready in %.1f s (%d NPCs)", time.monotonic() - started, len(self.personas))
+        self.ready.set()
+
+    async def close(self) -> None:
+        """Stop every answer in flight and the engine."""
+        for ans in list(self._answers.values()):
+            if ans.stream is not None:
+                ans.stream.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.engine is not None:
+            await self.engine.aclose()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the hook -------------------------------------------------------------------
+    def in_flight(self, pid: str) -> bool:
+        return pid in self._answers
+
+    def talk_range(self, npc_id: str) -> float | None:
+        """This NPC's talking range in metres (None for an unknown NPC)."""
+        p = self.personas.get(npc_id)
+        return p.talk_range if p is not None else None
+
+    def cancel(self, pid: str, reply: str) -> bool:
+        ans = self._answers.get(pid)
+        if ans is None or ans.reply != reply or ans.stream is None:
+            return False
+        ans.stream.cancel()
+        return True
+
+    def player_left(self, pid: str) -> None:
+        ans = self._answers.get(pid)
+        if ans is not None and ans.stream is not None:
+            ans.left = True
+            ans.stream.cancel()
+
+    def hear(self, line: NpcLine) -> None:
+        persona = self.personas.get(line.npc)
+        if persona is None:
+            return
+        reply = f"r:{next(self._ids)}"
+        self._face(persona, line.speaker)
+        start = {"t": "npc_start", "reply": reply, "npc": persona.id, "name": persona.name,
+                 "to": line.speaker}
+        others = [p for p in line.listeners if p != line.speaker]
+        self.shard.send_to(others, start)
+        self.shard.send_to([line.speaker], dict(start, re=line.re) if line.re is not None else start)
+        ans = _Answer(reply, line.speaker, persona, line.listeners)
+        try:
+            ans.stream = self._submit(persona, line)
+        except Exception as exc:  # Busy, still loading, or a prompt that can never fit
+            log.info("NPC %s answers busy to %s: %s", persona.id, line.speaker, exc)
+            self._end(ans, "busy", "", 0)
+            return
+        self._answers[line.speaker] = ans
+        self._spawn(self._pump(ans, line))
+
+    # -- one answer -----------------------------------------------------------------
+    def _face(self, persona: Persona, pid: str) -> None:
+        world = self.shard.world
+        me, npc = world.get(pid), world.get(persona.id)
+        if me is None or npc is None:
+            return
+        dx, dz = me.pose.x - npc.pose.x, me.pose.z - npc.pose.z
+        if dx or dz:
+            # yaw 0 faces -z (north); positive yaw turns toward -x (counter-clockwise seen from above).
+            world.teleport(npc.id, Pose(npc.pose.x, npc.pose.y, npc.pose.z, math.atan2(-dx, -dz)))
+
+    def _submit(self, persona: Persona, line: NpcLine):
+        from npc.engine.sequence import SamplingParams
+
+        if not self.ready.is_set():
+            raise RuntimeError("the NPC engine is still loading")
+        tok = self.engine.tokenizer
+        memory = self._memory.get((persona.id, line.speaker_name.lower()))
+        recollection = memory.recollection() if memory is not None else None
+        facts = relevant(line.text, self._facts[persona.id], k=self.settings.facts_per_answer)
+        prompt = build_prompt(
+            persona, self._fixed[persona.id], self._situation(persona, line),
+            recollection or Recollection(), line.text, facts,
+            budget=PromptBudget(self.settings.context_tokens, persona.reply_tokens),
+            count=lambda msgs: len(tok.render_chat(msgs)))
+        s = self.settings
+        params = SamplingParams(
+            temperature=s.temperature, repetition_penalty=s.repetition_penalty,
+            max_tokens=persona.reply_tokens,
+            stop=(f"\n{line.speaker_name}:", f"{line.speaker_name}:", "\nUser:", "\nPlayer:",
+                  "<|im_start|>", "<|im_end|>"))
+        return self.engine.submit(prompt.messages, params, timeout=s.answer_timeout_s)
+
+    def _situation(self, persona: Persona, line: NpcLine) -> Situation:
+        world, cfg = self.shard.world, self.shard.config
+        place = nearest_place(cfg, persona.x, persona.z)
+        at = place.name if place is not None and math.hypot(place.x - persona.x, place.z - persona.z) < 30 else None
+        near = world.near(persona.x, persona.z, cfg.aoi)
+        others = tuple(e.name for e in near if e.kind == "player" and e.id != line.speaker)[:5]
+        built = tuple(_describe(e) for e in near if e.kind == "object"
+                      and (e.props or {}).get("owner", "").lower() == line.speaker_name.lower())[:3]
+        return Situation(line.speaker_name, at, time_of_day(time.localtime().tm_hour), others, built)
+
+    async def _pump(self, ans: _Answer, line: NpcLine) -> None:
+        reason = "error"
+        try:
+            soft = max(1, int(ans.npc.reply_tokens * self.settings.soft_stop))
+            async for piece in ans.stream:
+                ans.text.append(piece)
+                ans.pieces += 1
+                self.shard.send_to(ans.listeners, {"t": "npc_token", "reply": ans.reply, "text": piece})
+                if self._walked_away(ans):
+                    ans.stream.cancel()
+                    break
+                if ans.pieces >= soft and _SENTENCE_END.search(piece):
+                    ans.soft_stopped = True
+                    ans.stream.cancel()
+                    break
+            result = await ans.stream.result()
+            reason = "stop" if ans.soft_stopped else result.finish_reason
+            tokens = result.completion_tokens
+        except asyncio.CancelledError:
+            reason, tokens = "cancelled", ans.pieces
+            raise
+        except Exception:
+            log.exception("NPC answer %s failed", ans.reply)
+            tokens = ans.pieces
+        finally:
+            self._answers.pop(ans.speaker, None)
+            self._end(ans, reason, "".join(ans.text), tokens)
+        if reason in ("stop", "length") and ans.text:
+            self._remember(ans.npc, line, "".join(ans.text))
+
+    def _walked_away(self, ans: _Answer) -> bool:
+        me = self.shard.world.get(ans.speaker)
+        if me is None:
+            return True
+        d = math.hypot(me.pose.x - ans.npc.x, me.pose.z - ans.npc.z)
+        return d > ans.npc.talk_range * self.settings.leave_range_factor
+
+    def _end(self, ans: _Answer, reason: str, text: str, tokens: int) -> None:
+        self.shard.send_to(ans.listeners, {"t": "npc_end", "reply": ans.reply, "text": text,
+                                           "reason": reason, "tokens": int(tokens)})
+
+    # -- memory ---------------------------------------------------------------------
+    def _remember(self, persona: Persona, line: NpcLine, answer: str) -> None:
+        key = (persona.id, line.speaker_name.lower())
+        mem = self._memory.get(key) or Memory(persona.id, key[1], line.speaker_name)
+        tok = self.engine.tokenizer
+        mem, folded = remember(mem, Turn(line.text, answer.strip()), keep_tokens=self.settings.memory_tokens,
+                               count=lambda t: len(tok.encode(t)), now_ms=int(time.time() * 1000))
+        self._memory[key] = mem
+        if folded:
+            self._spawn(self._summarise(key, persona, folded))
+
+    async def _summarise(self, key, persona: Persona, folded) -> None:
+        from npc.engine.sequence import Priority, SamplingParams
+
+        mem = self._memory[key]
+        try:
+            stream = self.engine.submit(summary_request(persona.name, mem.player_name, mem.summary, folded),
+                                        SamplingParams(temperature=0.0, repetition_penalty=1.2, max_tokens=60),
+                                        priority=Priority.LOW, timeout=self.settings.answer_timeout_s * 4)
+            result = await stream.result()
+            text = result.text.strip() if result.finish_reason in ("stop", "length") else ""
+        except Exception as exc:
+            log.info("memory summary for %s skipped: %s", key, exc)
+            text = ""
+        mem = self._memory[key]
+        self._memory[key] = with_summary(mem, text) if text else fallback_summary(mem, folded)
+
+
+def _describe(entity) -> str:
+    props = entity.props or {}
+    label = props.get("label")
+    shape = props.get("shape", entity.name)
+    return f"a {shape} labelled '{label}'" if label else f"a {shape}"
