@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -125,6 +126,27 @@ async def test_pending_poses_are_written_within_the_flush_bound(db_url):
         assert 0.15 <= waited < 3.0
         assert w.pending == 0
         assert (await w.call(store.load_player, "alice")).x == 7.0
+    finally:
+        await w.close()
+
+
+async def test_a_steady_stream_of_poses_does_not_postpone_the_write(db_url):
+    """Poses queued every 20 ms still get written about pose_flush_s after the first: the bound is age, not quiet."""
+    wrote = asyncio.Event()
+    store = Store(db_url, settings=FAST)
+    w = DbWriter(store, pose_flush_s=0.3, on_latency=lambda _s: wrote.set())
+    loop = asyncio.get_running_loop()
+    try:
+        first = loop.time()
+        i = 0
+        while not wrote.is_set() and loop.time() - first < 5:
+            w.queue_pose(_pose("alice", float(i), 1_000 + i))
+            i += 1
+            # Pacing the producer, not waiting for the writer: the loop exits on `wrote`.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wrote.wait(), 0.02)
+        assert wrote.is_set(), "a continuous stream of poses was never written"
+        assert 0.25 <= loop.time() - first < 3.0
     finally:
         await w.close()
 
