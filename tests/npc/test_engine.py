@@ -1,0 +1,164 @@
+"""The asyncio Engine with the tiny model: streaming, cancel, Busy, deadlines, stops, masks."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from npc.engine.engine import Engine, EngineSettings, Result
+from npc.engine.errors import Busy, EngineClosed
+from npc.engine.sequence import Priority, SamplingParams
+from npc.engine.tiny import tiny_model, tiny_tokenizer
+
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+def settings(**overrides: object) -> EngineSettings:
+    base = dict(threads=1, kv_budget_mb=2, block_size=8, token_budget=64, max_running=4, max_waiting=4)
+    base.update(overrides)
+    return EngineSettings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def engine():
+    async with Engine(tiny_model(), tiny_tokenizer(), settings()) as eng:
+        yield eng
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You are the smith."}, {"role": "user", "content": text}]
+
+
+async def collect(stream) -> tuple[list[str], Result]:
+    pieces = [p async for p in stream]
+    return pieces, await asyncio.wait_for(stream.result(), 10)
+
+
+async def test_stream_pieces_concatenate_to_result(engine: Engine) -> None:
+    """Streamed pieces are non-empty, valid text and join to exactly the final text and decoded tokens."""
+    pieces, result = await collect(engine.submit(ask("Hello?"), GREEDY))
+    assert result.finish_reason == "length" and result.completion_tokens == 24
+    assert all(pieces) and "".join(pieces) == result.text
+    assert result.text == engine.tokenizer.decode(list(result.token_ids))
+    assert result.prompt_tokens == len(engine.tokenizer.render_chat(ask("Hello?")))
+    assert result.timings.ttft_s is not None and 0 < result.timings.ttft_s <= result.timings.total_s
+
+
+async def test_concurrent_streams_match_sequential(engine: Engine) -> None:
+    """Answers produced concurrently equal the answers produced one at a time."""
+    questions = [f"Question number {i}?" for i in range(4)]
+    together = await asyncio.gather(*(collect(engine.submit(ask(q), GREEDY)) for q in questions))
+    for q, (_, r) in zip(questions, together):
+        _, alone = await collect(engine.submit(ask(q), GREEDY))
+        assert r.token_ids == alone.token_ids
+
+
+async def test_cancel_frees_kv_blocks(engine: Engine) -> None:
+    """Cancelling mid-answer ends the stream as cancelled and returns every KV block."""
+    stream = engine.submit(ask("Tell me a long story."), SamplingParams(temperature=0, max_tokens=500, ignore_eos=True))
+    it = aiter(stream)
+    await asyncio.wait_for(anext(it), 10)
+    stream.cancel()
+    result = await asyncio.wait_for(stream.result(), 10)
+    assert result.finish_reason == "cancelled" and result.completion_tokens < 500
+    assert engine.core.blocks.num_used == 0
+    assert engine.in_flight == 0
+
+
+async def test_busy_at_capacity() -> None:
+    """Past max_running + max_waiting in flight, submit raises Busy at once; later it admits again."""
+    async with Engine(tiny_model(), tiny_tokenizer(), settings(max_running=2, max_waiting=1)) as eng:
+        long = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+        streams = [eng.submit(ask(f"q{i}"), long) for i in range(3)]
+        with pytest.raises(Busy):
+            eng.submit(ask("one too many"), long)
+        assert eng.metrics.snapshot()["rejected_busy"] == 1
+        streams[0].cancel()
+        await asyncio.wait_for(streams[0].result(), 10)
+        extra = eng.submit(ask("now it fits"), GREEDY)
+        for s in streams[1:]:
+            s.cancel()
+        assert (await collect(extra))[1].finish_reason == "length"
+
+
+async def test_deadline_cancels_request(engine: Engine) -> None:
+    """A request past its deadline ends as cancelled with detail 'deadline'."""
+    stream = engine.submit(ask("slow"), SamplingParams(temperature=0, max_tokens=1000, ignore_eos=True),
+                           timeout=0.05)
+    _, result = await collect(stream)
+    assert result.finish_reason == "cancelled" and result.detail == "deadline"
+    assert result.timings.total_s >= 0.05
+    expired = engine.submit(ask("too late"), GREEDY, deadline=time.monotonic() - 1)
+    _, result = await collect(expired)
+    assert result.finish_reason == "cancelled" and result.completion_tokens == 0
+
+
+async def test_stop_string_ends_answer_and_never_leaks(engine: Engine) -> None:
+    """A stop string taken from the middle of the greedy answer cuts the text just before it."""
+    _, full = await collect(engine.submit(ask("Hi"), GREEDY))
+    text = full.text
+    stop = next(text[i:i + 3] for i in range(4, len(text) - 3) if "\ufffd" not in text[i:i + 3])
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=(stop,))
+    pieces, result = await collect(engine.submit(ask("Hi"), params))
+    assert result.finish_reason == "stop"
+    assert result.text == text[:text.index(stop)]
+    assert "".join(pieces) == result.text and stop not in "".join(pieces)
+
+
+async def test_allowed_tokens_are_honoured(engine: Engine) -> None:
+    """With an allowed-token set or hook, every sampled token comes from it."""
+    digits = frozenset(engine.tokenizer.encode("0123456789"))
+    params = SamplingParams(temperature=1.0, seed=7, max_tokens=20, ignore_eos=True, allowed=digits)
+    _, result = await collect(engine.submit(ask("Pick numbers"), params))
+    assert set(result.token_ids) <= digits and result.text.isdigit()
+
+    # A hook: alternate 'a' and 'b' whatever the model prefers.
+    a, b = engine.tokenizer.encode("a")[0], engine.tokenizer.encode("b")[0]
+    hook = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
+                          allowed=lambda done: [a] if len(done) % 2 == 0 else [b])
+    _, result = await collect(engine.submit(ask("x"), hook))
+    assert result.text == "ababab"
+
+
+async def test_priority_orders_admission() -> None:
+    """When only one request can run, a HIGH priority request is admitted before earlier LOW ones."""
+    async with Engine(tiny_model(), tiny_tokenizer(), settings(max_running=1, max_waiting=4)) as eng:
+        params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+        first = eng.submit(ask("running"), params)
+        low = eng.submit(ask("summary"), params, priority=Priority.LOW)
+        high = eng.submit(ask("player"), params, priority=Priority.HIGH)
+        done: list[str] = []
+
+        async def watch(name: str, s) -> None:
+            await s.result()
+            done.append(name)
+
+        await asyncio.gather(watch("first", first), watch("low", low), watch("high", high))
+        assert done.index("high") < done.index("low")
+
+
+async def test_close_cancels_in_flight_and_refuses_new() -> None:
+    """Closing the engine ends open streams as cancelled and later submits raise EngineClosed."""
+    eng = Engine(tiny_model(), tiny_tokenizer(), settings())
+    eng.start()
+    stream = eng.submit(ask("never finishes"), SamplingParams(temperature=0, max_tokens=1000, ignore_eos=True))
+    await asyncio.wait_for(anext(aiter(stream)), 10)
+    await eng.aclose()
+    result = await asyncio.wait_for(stream.result(), 10)
+    assert result.finish_reason == "cancelled"
+    with pytest.raises(EngineClosed):
+        eng.submit(ask("late"), GREEDY)
+
+
+async def test_metrics_snapshot_and_prometheus(engine: Engine) -> None:
+    """After traffic, the snapshot reports tokens, latencies and finishes, and Prometheus text has them."""
+    await asyncio.gather(*(collect(engine.submit(ask("same persona"), GREEDY)) for _ in range(3)))
+    snap = engine.metrics.snapshot()
+    assert snap["completion_tokens"] == 72 and snap["finished_length"] == 3
+    assert snap["ttft_p50_s"] > 0 and snap["itl_p99_s"] > 0
+    assert snap["queue_depth"] == 0 and snap["running"] == 0
+    text = engine.metrics.prometheus()
+    assert "npc_engine_completion_tokens_total 72" in text
+    assert 'npc_engine_ttft_seconds_bucket{le="+Inf"} 3' in text
+    assert 'npc_engine_finished_total{reason="length"} 3' in text
