@@ -1,0 +1,62 @@
+"""Conformance: close codes for abuse (4008), a full shard (4013), shutdown (1001); HTTP."""
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import orjson
+
+from tests.server.wire import join, open_wire
+
+
+async def test_sustained_error_flood_closes_4008(start_shard):
+    """A client that keeps sending bad frames past the abuse budget is closed 4008."""
+    async with start_shard(abuse_rate=1.0, abuse_burst=5.0) as s:
+        bystander = await join(s.ws_url)
+        w = await join(s.ws_url)
+        # burst + a few: more would fill the shard's unread queue (see pending_conformance).
+        for _ in range(8):
+            await w.send("][")
+        code, _ = await w.closed()
+        assert code == 4008
+        assert any(m.get("code") == "bad_json" for m in w.seen)  # errors came first
+        await bystander.send({"t": "ping", "ct": 1})
+        await bystander.recv_type("pong")  # everyone else is still served
+        await bystander.close()
+
+
+async def test_full_shard_closes_4013(start_shard):
+    """A player beyond max_players is closed 4013; the ones inside stay."""
+    async with start_shard(max_players=1) as s:
+        inside = await join(s.ws_url)
+        extra = await open_wire(s.ws_url)
+        await extra.send({"t": "hello", "v": 1, "name": "latecomer"})
+        code, _ = await extra.closed()
+        assert code == 4013
+        assert not any(m.get("t") == "welcome" for m in extra.seen)
+        await inside.send({"t": "ping", "ct": 2})
+        await inside.recv_type("pong")
+        await inside.close()
+
+
+async def test_shutdown_closes_clients_1001(start_shard):
+    """Stopping the shard closes every connected client with 1001."""
+    async with start_shard() as s:
+        w = await join(s.ws_url)
+    assert (await w.closed())[0] == 1001
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+    with opener.open(url, timeout=5) as r:
+        return r.status, r.headers.get("Content-Type", ""), r.read()
+
+
+async def test_http_on_the_same_port(shard):
+    """The WebSocket port answers GET / (a page), /healthz (200 JSON) and /metrics (text)."""
+    status, ctype, body = await asyncio.to_thread(_get, shard.http_url.rstrip("/") + "/healthz")
+    assert status == 200 and isinstance(orjson.loads(body), dict)
+    status, ctype, body = await asyncio.to_thread(_get, shard.http_url.rstrip("/") + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain") and b"# TYPE" in body
+    status, ctype, body = await asyncio.to_thread(_get, shard.http_url.rstrip("/") + "/")
+    assert status == 200 and "html" in ctype
