@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +243,14 @@ def test_connect_rejects_bad_options():
         WorldClient.connect("ws://127.0.0.1:1/ws", name="x", timeout=0)
     with pytest.raises(ValueError):
         WorldClient.connect("ws://127.0.0.1:1/ws", name="x", event_limit=0)
+
+
+async def test_documented_example_runs(url, capsys):
+    """examples/client_example.py runs its tour (without the NPC part) against a shard."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "client_example.py"
+    spec = importlib.util.spec_from_file_location("client_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    await example.main(url, name=fresh("ex"), talk=False)
+    out = capsys.readouterr().out
+    assert "joined " in out and "placed o:" in out and "invalid on color" in out
