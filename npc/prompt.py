@@ -104,8 +104,12 @@ def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
     return " ".join(parts)
 
 
-def _facts_text(facts: Sequence[str]) -> str:
-    return "Useful for this answer: " + " ".join(facts)
+def _cue_text(persona: Persona, player_name: str, facts: Sequence[str]) -> str:
+    """The last words before the answer: who speaks, and the facts that answer the line."""
+    cue = f"Reply as {persona.name}, in character, to what {player_name} just said."
+    if facts:
+        cue += " Useful facts: " + " ".join(facts)
+    return cue
 
 
 @dataclass
@@ -140,8 +144,7 @@ def build_prompt(persona: Persona, fixed: list[Message], situation: Situation,
             msgs.append({"role": "user", "content": t.line})
             msgs.append({"role": "assistant", "content": t.answer})
         msgs.append({"role": "user", "content": line})
-        if use_facts:
-            msgs.append({"role": "system", "content": _facts_text(use_facts)})
+        msgs.append({"role": "system", "content": _cue_text(persona, situation.player_name, use_facts)})
         if count(msgs) <= budget.prompt_tokens:
             return Prompt(msgs, dropped_turns, dropped)
         if turns:

@@ -17,11 +17,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from npc.knowledge import nearest_place, relevant, world_facts
+from npc.knowledge import nearest_place
 from npc.memory import Memory, fallback_summary, remember, summary_request, with_summary
+from npc.mind import Mind
 from npc.persona import Persona, parse_personas
-from npc.prompt import (PromptBudget, Recollection, Situation, Turn, build_prompt, fixed_part,
-                        time_of_day)
+from npc.prompt import Recollection, Situation, Turn, time_of_day
 from server.npcs import NpcHook, NpcLine
 from worldstate.entities import Pose
 
@@ -43,7 +43,7 @@ class NpcSettings:
     memory_tokens: int = 384          # recent turns kept verbatim per (NPC, player)
     temperature: float = 0.0          # 0 = greedy (with the repetition penalty below)
     repetition_penalty: float = 1.2
-    soft_stop: float = 0.5            # past this share of reply_tokens, end at a sentence end
+    soft_stop: float = 0.2            # past this share of reply_tokens, end at a sentence end
     answer_timeout_s: float = 60.0    # an answer still running after this ends as cancelled
     leave_range_factor: float = 2.0   # the speaker beyond talk_range x this stops the answer
     facts_per_answer: int = 2         # relevant facts placed right before the answer
@@ -97,8 +97,7 @@ class NpcService(NpcHook):
         self.ready = asyncio.Event()
         self.shard = None
         self.personas: dict[str, Persona] = {}
-        self._fixed: dict[str, list[dict]] = {}
-        self._facts: dict[str, list[str]] = {}
+        self.minds: dict[str, Mind] = {}
         self._answers: dict[str, _Answer] = {}   # speaker pid -> answer in flight
         self._tasks: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
@@ -110,10 +109,7 @@ class NpcService(NpcHook):
         self.shard = shard
         personas = parse_personas(shard.config)
         self.personas = {p.id: p for p in personas}
-        for p in personas:
-            facts = world_facts(p, shard.config, personas)
-            self._facts[p.id] = list(p.lore) + facts
-            self._fixed[p.id] = fixed_part(p, facts)
+        self.minds = {p.id: Mind(p, shard.config, personas) for p in personas}
         if self.engine is not None:
             self.engine.start()
             self.ready.set()
@@ -209,18 +205,14 @@ class NpcService(NpcHook):
         tok = self.engine.tokenizer
         memory = self._memory.get((persona.id, line.speaker_name.lower()))
         recollection = memory.recollection() if memory is not None else None
-        facts = relevant(line.text, self._facts[persona.id], k=self.settings.facts_per_answer)
-        prompt = build_prompt(
-            persona, self._fixed[persona.id], self._situation(persona, line),
-            recollection or Recollection(), line.text, facts,
-            budget=PromptBudget(self.settings.context_tokens, persona.reply_tokens),
-            count=lambda msgs: len(tok.render_chat(msgs)))
         s = self.settings
+        mind = self.minds[persona.id]
+        prompt = mind.prompt(self._situation(persona, line), recollection or Recollection(), line.text,
+                             context_tokens=s.context_tokens, facts_per_answer=s.facts_per_answer,
+                             count=lambda msgs: len(tok.render_chat(msgs)))
         params = SamplingParams(
             temperature=s.temperature, repetition_penalty=s.repetition_penalty,
-            max_tokens=persona.reply_tokens,
-            stop=(f"\n{line.speaker_name}:", f"{line.speaker_name}:", "\nUser:", "\nPlayer:",
-                  "<|im_start|>", "<|im_end|>"))
+            max_tokens=persona.reply_tokens, stop=mind.stop_strings(line.speaker_name))
         return self.engine.submit(prompt.messages, params, timeout=s.answer_timeout_s)
 
     def _situation(self, persona: Persona, line: NpcLine) -> Situation:

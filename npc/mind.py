@@ -1,0 +1,34 @@
+"""An NPC's mind: what it knows (fixed for every player) and how it turns a line into a prompt.
+
+Shared by the in-world service and the quality benchmark, so both ask the model the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from npc.knowledge import relevant, world_facts
+from npc.persona import Persona
+from npc.prompt import Message, Prompt, PromptBudget, Recollection, Situation, build_prompt, fixed_part
+
+
+class Mind:
+    """One NPC's knowledge and prompt assembly; pure, no engine."""
+
+    def __init__(self, persona: Persona, config, personas: Sequence[Persona]) -> None:
+        self.persona = persona
+        derived = world_facts(persona, config, personas)
+        self.facts: list[str] = list(persona.lore) + derived  # what retrieval draws from
+        self.fixed: list[Message] = fixed_part(persona, derived)  # the shared prompt prefix
+
+    def prompt(self, situation: Situation, memory: Recollection, line: str, *, context_tokens: int,
+               facts_per_answer: int, count: Callable[[list[Message]], int]) -> Prompt:
+        """The prompt for one answer to `line`, within the context budget."""
+        facts = relevant(line, self.facts, k=facts_per_answer)
+        budget = PromptBudget(context_tokens, self.persona.reply_tokens)
+        return build_prompt(self.persona, self.fixed, situation, memory, line, facts,
+                            budget=budget, count=count)
+
+    def stop_strings(self, speaker_name: str) -> tuple[str, ...]:
+        """Where the answer is cut: the first sign of the model speaking for the player."""
+        return (f"\n{speaker_name}:", f"{speaker_name}:", "\nUser:", "\nPlayer:",
+                "<|im_start|>", "<|im_end|>")
