@@ -7,6 +7,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -286,7 +288,7 @@ def test_unopenable_database_is_a_store_error(tmp_path):
 
 
 def test_sqlite_uses_wal_and_full_sync(tmp_path):
-    """A SQLite store's connections run in WAL mode with synchronous=FULL and a busy timeout."""
+    """A SQLite store's connections run in WAL mode with synchronous=FULL, a busy timeout and foreign keys on."""
     url = f"sqlite:///{tmp_path / 'w.db'}"
     s = Store(url, settings=FAST)
     try:
@@ -294,6 +296,7 @@ def test_sqlite_uses_wal_and_full_sync(tmp_path):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         s.close()
 
@@ -326,3 +329,22 @@ def test_in_memory_sqlite_is_one_database():
         assert seen == [_obj(1)]
     finally:
         s.close()
+
+
+_TEXT = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chat=_TEXT.filter(lambda x: len(x) <= 4000), label=_TEXT.filter(lambda x: len(x) <= 200),
+       password=_TEXT.filter(lambda x: 1 <= len(x) <= 1024))
+def test_any_text_round_trips_exactly(store, chat, label, password):
+    """Arbitrary Unicode chat text, labels and passwords (quotes, emoji, SQL-ish) come back byte-for-byte."""
+    store.log_chat([_line(0, text=chat)])
+    assert store.recent_chat(1)[0].text == chat
+    oid = f"o:{uuid.uuid4().hex}"
+    store.add_object(_obj(0, id=oid, label=label))
+    assert [o.label for o in store.load_objects() if o.id == oid] == [label]
+    name = f"u{uuid.uuid4().hex[:20]}"
+    store.create_account(name, password)
+    assert store.check_password(name, password) is True
+    assert store.check_password(name, password + "x") is False
