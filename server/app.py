@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+from pathlib import Path
 
 from websockets.asyncio.server import serve
 
 from server.auth import TokenSigner
 from server.connection import serve_connection
 from server.dbwriter import DbWriter
-from server.http import HttpRoutes
+from server.http import WEB_ROOT, HttpRoutes
 from server.metrics import Histogram
 from server.npcs import NpcHook
 from server.settings import Settings
@@ -28,6 +29,10 @@ from worldstate.store import Store
 log = logging.getLogger("worldsmith")
 
 SUBPROTOCOL = "world.v1"
+
+
+def _web_root(settings: Settings) -> Path:
+    return Path(settings.web_root).resolve() if settings.web_root else WEB_ROOT
 
 
 def _load_config(settings: Settings):
@@ -54,8 +59,8 @@ async def run_shard(settings: Settings, *, npcs: NpcHook | None = None):
         raise
     server = await serve(
         functools.partial(serve_connection, shard), settings.host, settings.port,
-        process_request=HttpRoutes(shard), subprotocols=[SUBPROTOCOL],
-        max_size=settings.max_frame, max_queue=16, compression=None,
+        process_request=HttpRoutes(shard, _web_root(settings)), subprotocols=[SUBPROTOCOL],
+        max_size=settings.max_frame, max_queue=16, compression=None, close_timeout=3,
     )
     shard.port = server.sockets[0].getsockname()[1]
     ticker = asyncio.get_running_loop().create_task(Ticker(shard).run(), name="worldsmith-tick")

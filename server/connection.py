@@ -12,12 +12,16 @@ import logging
 
 from websockets.exceptions import ConnectionClosed
 
-from server.errors import (INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
+from server.errors import (BUSY, INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
                            CloseConnection)
 from server.protocol import Hello, ProtocolError, encode, parse
 from server.shard import message_type
+from worldstate.records import StoreError
 
 log = logging.getLogger("worldsmith.connection")
+
+# How long a closing connection's leftover input is read and discarded.
+CLOSE_DRAIN_S = 5.0
 
 
 async def serve_connection(shard, conn) -> None:
@@ -43,14 +47,27 @@ async def serve_connection(shard, conn) -> None:
 
 
 async def _close(shard, conn, exc: CloseConnection) -> None:
+    """Send the error (if any) and close with the exception's code.
+
+    Keeps reading (and discarding) meanwhile: with frames still queued unread, websockets
+    stops reading the socket and would never see the client's answering close frame.
+    """
     if exc.error is not None:
         shard.metrics.errors.inc(exc.error.code)
+        shard.metrics.messages_out.inc("error")
         try:
             await conn.send(encode(exc.error.reply()).decode())
         except ConnectionClosed:
             return
     shard.metrics.closes.inc(str(exc.close_code))
-    await conn.close(exc.close_code, exc.reason)
+    closer = asyncio.ensure_future(conn.close(exc.close_code, exc.reason))
+    try:
+        async with asyncio.timeout(CLOSE_DRAIN_S):
+            async for _ in conn:
+                pass
+    except (ConnectionClosed, TimeoutError):
+        pass
+    await closer
 
 
 def _parse(shard, frame):
@@ -93,13 +110,18 @@ async def _read_loop(shard, session, conn) -> None:
     metrics = shard.metrics
     async for frame in conn:
         if session.conn is not conn:
-            return  # replaced: the newer connection owns the session now
+            continue  # replaced: discard until the 4002 close completes
         try:
             msg = _parse(shard, frame)
             kind = message_type(msg)
             metrics.messages_in.inc(kind)
             metrics.bytes_in.inc(kind, by=len(frame))
-            await shard.dispatch(session, msg)
+            try:
+                await shard.dispatch(session, msg)
+            except StoreError:
+                # The database refused or failed: the message changed nothing; say so.
+                log.exception("database error while handling %s from %s", kind, session.pid)
+                raise ClientError(BUSY, "the database is unavailable; try again", re=msg.id) from None
         except ClientError as exc:
             if isinstance(exc, ProtocolError):
                 metrics.messages_in.inc("invalid")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mimetypes
 from pathlib import Path
+from urllib.parse import unquote
 
 import orjson
 from websockets.datastructures import Headers
@@ -41,7 +42,7 @@ def _text(status: int, reason: str, text: str) -> Response:
 
 def resolve_static(root: Path, url_path: str) -> Path | None:
     """The file under `root` that `url_path` names, or None (missing, hidden or outside)."""
-    rel = url_path.lstrip("/") or "index.html"
+    rel = unquote(url_path).lstrip("/") or "index.html"
     if "\\" in rel or "\x00" in rel or any(part.startswith(".") for part in rel.split("/")):
         return None
     try:

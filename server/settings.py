@@ -10,6 +10,8 @@ import logging
 import re
 from dataclasses import dataclass, field, fields
 
+from worldstate.tables import MAX_CHAT_TEXT as MAX_CHAT_STORED
+
 
 def _opt(default, help: str, **extra):
     """A dataclass field carrying its CLI help text."""
@@ -31,6 +33,7 @@ class Settings:
     admins: tuple[str, ...] = _opt((), "claimed name that may remove any object (repeatable)",
                                    flag="--admin", env="WORLDSMITH_ADMIN")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING or ERROR")
+    web_root: str | None = _opt(None, "directory of the web client served at / (default: the bundled clients/web)")
 
     # Limits on what clients send.
     max_frame: int = _opt(16 * 1024, "largest inbound frame in bytes (over: close 1009)")
@@ -86,6 +89,8 @@ class Settings:
         for name in ("max_frame", "max_chat", "max_players", "send_buffer_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_chat > MAX_CHAT_STORED:
+            raise ValueError(f"max_chat must be <= {MAX_CHAT_STORED} (the chat log's limit), got {self.max_chat}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if self.tick_hz > 1000:

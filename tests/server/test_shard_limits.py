@@ -1,0 +1,119 @@
+"""Named limits protect everyone else: full shard, slow readers, floods, oversize frames."""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from websockets.asyncio.client import connect
+
+from tests.server.wire import SUBPROTOCOL, close_all, join, open_wire, refused, unique_name
+
+
+async def test_full_shard_refuses_with_4013_but_allows_replacement(start_shard):
+    """At max_players a new player gets `busy` then 4013, while the online player may still replace its connection."""
+    async with start_shard(max_players=1) as shard:
+        name = unique_name("full")
+        first = await join(shard.ws_url, name, password="pw-full")
+        code, _, seen = await refused(shard.ws_url, {"t": "hello", "v": 1, "name": unique_name(), "id": 7})
+        assert code == 4013
+        assert seen and seen[0]["t"] == "error" and seen[0]["code"] == "busy" and seen[0]["re"] == 7
+        again = await join(shard.ws_url, name, password="pw-full")
+        assert again.you == first.you
+        assert (await first.closed())[0] == 4002
+        await close_all(again)
+
+
+async def test_client_that_never_reads_is_dropped_without_stalling_others(start_shard):
+    """A client that stops reading is skipped, then dropped by stuck_close_s, while a talker keeps being served promptly."""
+    async with start_shard(send_buffer_limit=64 * 1024, stuck_close_s=0.3, max_chat=4000,
+                           chat_lines=10_000, misc_rate=1000, misc_burst=1000) as shard:
+        # max_queue=1: the client library stops reading the socket once one frame is
+        # buffered; a small receive buffer keeps the kernel from absorbing megabytes, so
+        # the shard's own send buffer fills up quickly.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (shard.host, shard.port))
+        stuck_ws = await connect(shard.ws_url, sock=sock, subprotocols=[SUBPROTOCOL], max_queue=1)
+        stuck_name = unique_name("stuck")
+        await stuck_ws.send('{"t":"hello","v":1,"name":"%s"}' % stuck_name)
+        talker = await join(shard.ws_url)
+        stuck_id = next(e["id"] for e in talker.first_state["enter"] if e["name"] == stuck_name)
+        text = "x" * 4000
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        for i in range(2000):  # ~3 MB of loopback kernel buffers fill first
+            start = loop.time()
+            await talker.send({"t": "chat", "text": text, "id": i})
+            await talker.recv_type("chat", re=i)  # the talker's own echo comes straight back
+            worst = max(worst, loop.time() - start)
+            if shard.metrics.stuck_drops.get() >= 1:
+                break
+        assert shard.metrics.send_drops.get() >= 1, "the stuck client's state was never skipped"
+        assert shard.metrics.stuck_drops.get() == 1, "the stuck client was never dropped"
+        assert worst < 1.0, f"the talker waited {worst:.2f}s on one echo"
+        # Still served after the drop: a move is acknowledged in state.
+        await talker.send({"t": "move", "seq": 1, "x": 0.5, "y": 0.0, "z": 6.0, "yaw": 0.0})
+        await talker.state_where(lambda m: m["ack"] == 1)
+        # The dropped player left the world: the talker was told, the shard forgot it.
+        if not any(stuck_id in m.get("leave", ()) for m in talker.seen if m["t"] == "state"):
+            await talker.state_where(lambda m: stuck_id in m.get("leave", ()))
+        assert list(shard.sessions.online) == [talker.you]
+        await close_all(talker)
+        stuck_ws.transport.abort()
+
+
+async def test_flood_gets_rate_limited_then_4008_while_others_are_served(start_shard):
+    """A move flood gets `rate_limited` errors, then 4008; another player's pings are answered throughout."""
+    async with start_shard(abuse_burst=40, abuse_rate=5) as shard:
+        flooder = await join(shard.ws_url)
+        bystander = await join(shard.ws_url)
+        for seq in range(1, 301):
+            await flooder.send({"t": "move", "seq": seq, "x": 0.0, "y": 0.0, "z": 6.0})
+        code, _ = await flooder.closed(timeout=5)
+        assert code == 4008
+        codes = [m["code"] for m in flooder.seen if m["t"] == "error"]
+        assert codes and set(codes) == {"rate_limited"}
+        assert len(codes) <= 300 - 30, "moves within the burst were not rate limited"
+        await bystander.send({"t": "ping", "ct": "still here"})
+        assert (await bystander.recv_type("pong"))["ct"] == "still here"
+        await bystander.state_where(lambda m: flooder.you in m.get("leave", ()))
+        await close_all(bystander)
+
+
+async def test_bad_input_flood_closes_4008_and_changes_nothing(start_shard):
+    """Malformed frames each get an error and change nothing; sustained, they close 4008 and other players see no effect."""
+    async with start_shard(abuse_burst=20, abuse_rate=1) as shard:
+        objects_before = sum(1 for e in shard.world.entities() if e.kind == "object")
+        bad = await join(shard.ws_url)
+        other = await join(shard.ws_url)
+        junk = ["{", "[]", '{"t":"nope"}', '{"t":"place","shape":"box","x":"a","y":0,"z":0}',
+                '{"t":"place","shape":"box","x":0,"y":0,"z":0,"color":"red"}']
+        for i in range(60):
+            await bad.send(junk[i % len(junk)])
+        assert (await bad.closed(timeout=5))[0] == 4008
+        assert {m["code"] for m in bad.seen if m["t"] == "error"} == {"bad_json", "unknown_type", "invalid"}
+        assert sum(1 for e in shard.world.entities() if e.kind == "object") == objects_before
+        await other.send({"t": "who", "id": "w"})
+        who = await other.recv_type("who")
+        assert who["total"] == 1 and who["re"] == "w"
+        await close_all(other)
+
+
+async def test_oversize_frame_closes_1009_and_others_continue(start_shard):
+    """A frame over max_frame closes that connection with 1009; another player is unaffected."""
+    async with start_shard(max_frame=4096) as shard:
+        big = await join(shard.ws_url)
+        other = await join(shard.ws_url)
+        await big.send({"t": "chat", "text": "y" * 5000})
+        assert (await big.closed())[0] == 1009
+        await other.send({"t": "ping", "ct": 5})
+        assert (await other.recv_type("pong"))["ct"] == 5
+        await close_all(other)
+
+
+async def test_no_hello_in_time_closes_4000(start_shard):
+    """A connection that never says hello is closed 4000 after hello_timeout_s."""
+    async with start_shard(hello_timeout_s=0.3) as shard:
+        silent = await open_wire(shard.ws_url)
+        assert (await silent.closed(timeout=5))[0] == 4000
