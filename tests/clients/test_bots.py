@@ -1,0 +1,151 @@
+"""The load-test bots against a real shard on 127.0.0.1 (port 0, SQLite under tmp_path)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from clients.bots import BotSettings, run_bots
+from server.app import run_shard
+from tests.server.conftest import shard_settings
+
+REPO = Path(__file__).resolve().parents[2]
+# A small world whose area of interest covers all of it: every bot must see every other,
+# so a quiet run has an exact ground truth (no edge-of-view cases).
+SMALL_WORLD = """\
+[world]
+name = "BotYard"
+bounds = [-40.0, -40.0, 40.0, 40.0]
+spawn = [0.0, 0.0, 0.0]
+spawn_radius = 20.0
+aoi = 200.0
+shout_range = 300.0
+talk_range = 8.0
+speed = 6.0
+"""
+REPORT_KEYS = {"scenario", "url", "bots", "duration_s", "world", "connections", "ack_ms", "staleness_ms",
+               "missed_updates", "completeness", "traffic", "chat", "npc", "errors", "events",
+               "loop_lag_ms", "bots_cpu_pct", "observers", "bottleneck", "warnings"}
+
+
+@pytest.fixture
+def world_file(tmp_path) -> Path:
+    path = tmp_path / "botyard.toml"
+    path.write_text(SMALL_WORLD)
+    return path
+
+
+def quick(url: str, **kw) -> BotSettings:
+    """Short, quiet bot settings for tests."""
+    base = dict(url=url, bots=6, duration=1.5, warmup=0.3, progress=False, probe_timeout=1.0,
+                ramp=500.0)
+    base.update(kw)
+    return BotSettings(**base)
+
+
+async def test_move_run_reports_sane_numbers(tmp_path, world_file):
+    """Six walking bots on a quiet shard: all connect, acks are timed, no update is missed, views are complete."""
+    async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
+        r = await run_bots(quick(shard.ws_url, scenario="move"))
+    assert REPORT_KEYS <= set(r)
+    assert r["connections"]["made"] == 6 and r["connections"]["failed"] == 0
+    assert r["connections"]["welcomed"] == 6
+    assert r["connections"]["close_codes"] == {"1000 (at stop)": 6}
+    ack = r["ack_ms"]
+    # 10 Hz for ~1.5 s for 6 bots: dozens of timed moves, each after at least part of a tick.
+    assert ack["n"] >= 40
+    assert 0 < ack["p50"] <= ack["p99"] < 1000
+    assert r["staleness_ms"]["n"] > 0 and r["staleness_ms"]["p50"] > 0
+    mu = r["missed_updates"]
+    assert mu["expected"] > 0 and mu["missed"] == 0 and mu["delivered"] == mu["expected"]
+    cp = r["completeness"]
+    assert cp["checks"] > 0 and cp["expected"] > 0 and cp["ratio"] == 1.0 and cp["extra"] == 0
+    assert r["traffic"]["msgs_out_per_s"] > 40 and r["traffic"]["msgs_in_per_s"] > 40
+    assert r["world"]["aoi"] == 200.0 and r["world"]["speed"] == 6.0
+    assert r["events"].get("clamped_moves", 0) <= 6  # walking at half the limit: rarely clamped
+
+
+async def test_chat_run_times_the_echo_and_counts_lines_heard(tmp_path, world_file):
+    """Chatting bots get their own line back (timed by its `re`) and hear each other's lines."""
+    async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
+        r = await run_bots(quick(shard.ws_url, scenario="chat", bots=4, chat_rate=2.0))
+    assert r["chat"]["sent"] >= 4
+    assert r["chat"]["echo_ms"]["n"] >= 4 and 0 < r["chat"]["echo_ms"]["p99"] < 1000
+    # Everyone is within hearing range, so each line reaches the three other bots.
+    assert r["chat"]["heard"] >= 3 * r["chat"]["echo_ms"]["n"] - 3
+    assert r["ack_ms"]["n"] == 0  # chat bots do not walk
+
+
+async def test_idle_bots_stay_connected_and_silent(tmp_path, world_file):
+    """Idle bots connect and send nothing after hello; the report shows no moves and no errors."""
+    async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
+        r = await run_bots(quick(shard.ws_url, scenario="idle", bots=5, duration=0.5))
+    assert r["connections"]["welcomed"] == 5
+    assert r["traffic"]["msgs_out"] == 5  # one hello each
+    assert r["ack_ms"]["n"] == 0 and r["errors"] == {}
+
+
+async def test_full_shard_close_code_is_reported(tmp_path, world_file):
+    """Bots beyond the shard's max_players are counted under close code 4013 in the report."""
+    async with run_shard(shard_settings(tmp_path, world=str(world_file), max_players=3)) as shard:
+        r = await run_bots(quick(shard.ws_url, scenario="idle", bots=5, duration=0.3))
+    assert r["connections"]["welcomed"] == 3
+    assert r["connections"]["close_codes"].get("4013") == 2
+
+
+async def test_server_without_world_v1_counts_as_failed_connection():
+    """A WebSocket server that does not select the world.v1 subprotocol is a failed connection, with the reason."""
+    from websockets.asyncio.server import serve
+
+    async def echo(ws):
+        async for m in ws:
+            await ws.send(m)
+
+    async with serve(echo, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        r = await run_bots(quick(f"ws://127.0.0.1:{port}/ws", scenario="idle", bots=2, duration=0.2,
+                                 warmup=0.0, connect_timeout=2.0))
+    assert r["connections"]["made"] == 0 and r["connections"]["failed"] == 2
+    assert any("subprotocol" in k for k in r["connections"]["failures"])
+    assert any("2 of 2 connections failed" in w for w in r["warnings"])
+
+
+async def test_high_loop_lag_is_flagged_as_bots_bottleneck(tmp_path, world_file):
+    """When the bots' own loop lags past the limit, the report says BOTS ARE THE BOTTLENECK."""
+    async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
+        settings = quick(shard.ws_url, scenario="idle", bots=2, duration=0.6, lag_warn_ms=0.001)
+
+        async def hog():
+            # Block the bots' loop on purpose, as an overloaded bot process would.
+            await asyncio.sleep(0.2)
+            import time
+            time.sleep(0.05)
+
+        hogger = asyncio.create_task(hog())
+        r = await run_bots(settings)
+        await hogger
+    assert r["bottleneck"] is True
+    assert any("BOTS ARE THE BOTTLENECK" in w for w in r["warnings"])
+    assert r["loop_lag_ms"]["max"] >= 1.0
+
+
+async def test_command_line_writes_table_json_and_plot(tmp_path, world_file):
+    """`python -m clients.bots` exits 0, prints a table, writes the JSON report and a PNG plot."""
+    pytest.importorskip("matplotlib")
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "clients.bots", shard.ws_url, "-n", "3", "--duration", "1",
+            "--scenario", "mixed", "--quiet", "--warmup", "0.2", "--json", str(out_json), "--plot", str(out_png),
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    text = stdout.decode()
+    assert "ack latency ms" in text and "connections" in text
+    report = json.loads(out_json.read_text())
+    assert REPORT_KEYS <= set(report) and report["connections"]["made"] == 3
+    assert json.loads(text.strip().splitlines()[-1])["bots"] == 3  # the last line is the JSON report
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
