@@ -167,6 +167,54 @@ def test_secret_is_created_once_and_kept_across_reopen(store_url):
     again.close()
 
 
+def test_racing_first_secret_calls_agree(store_url):
+    """Two stores on one fresh database asking for the secret at the same moment get the same one."""
+    stores = [Store(store_url, settings=FAST) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    got: list[bytes] = []
+
+    def ask(s: Store) -> None:
+        barrier.wait(10)
+        got.append(s.get_secret())
+
+    threads = [threading.Thread(target=ask, args=(s,)) for s in stores]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for s in stores:
+        s.close()
+    assert len(got) == 2 and got[0] == got[1]
+
+
+def test_racing_claims_of_one_name_have_one_winner(store_url):
+    """Two stores claiming the same name (different case) at once: exactly one succeeds, the other gets NameTaken."""
+    stores = [Store(store_url, settings=FAST) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def claim(s: Store, name: str) -> None:
+        barrier.wait(10)
+        try:
+            s.create_account(name, f"pw-{name}")
+            outcomes.append(name)
+        except NameTaken:
+            outcomes.append("taken")
+
+    threads = [threading.Thread(target=claim, args=(s, n)) for s, n in zip(stores, ["Zed", "ZED"])]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    try:
+        assert len(outcomes) == 2 and outcomes.count("taken") == 1
+        winner = next(o for o in outcomes if o != "taken")
+        assert stores[0].check_password("zed", f"pw-{winner}") is True
+    finally:
+        for s in stores:
+            s.close()
+
+
 # -- players ----------------------------------------------------------------------------
 def test_poses_upsert_and_survive_reopen(store_url):
     """Saved poses are upserted per name (any case), the newest wins, and they load after reopening."""
