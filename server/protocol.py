@@ -239,6 +239,18 @@ def with_re(message: dict, msg_id: MsgId) -> dict:
     return message
 
 
+def text_frame(payload: bytes) -> bytes:
+    """`payload` as one unmasked, unfragmented WebSocket text frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
 def state_frame(tick: int, st: int, ack: int, enter: list[bytes], upd: list[bytes],
                 leave: list[bytes]) -> bytes:
     """A `state` frame joined from fragments each already encoded once for this tick."""

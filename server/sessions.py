@@ -26,7 +26,7 @@ class Session:
     """One online player: identity, its current connection, and per-connection output state."""
 
     __slots__ = ("pid", "name", "claimed", "admin", "conn", "limits", "ack", "sent_ack",
-                 "known", "stale", "over_since", "pose_dirty", "closing")
+                 "known", "stale", "over_since", "pose_dirty")
 
     def __init__(self, pid: str, name: str, claimed: bool, admin: bool, conn, settings) -> None:
         self.pid = pid
@@ -41,7 +41,6 @@ class Session:
         self.stale = False    # skipped state while over the send-buffer limit
         self.over_since: float | None = None
         self.pose_dirty = False
-        self.closing = False
 
     def rebind(self, conn, settings) -> None:
         """Take over a newer connection: acks and rate limits start again."""

@@ -21,7 +21,7 @@ from server.errors import (BUSY, INVALID, NOT_FOUND, REPLACED, SHARD_FULL, AuthF
 from server.metrics import ShardMetrics
 from server.npcs import NpcHook, npc_entities
 from server.protocol import (Chat, Hello, Move, NpcCancel, Ping, Place, Remove, Who, encode,
-                             state_frame, with_re)
+                             state_frame, text_frame, with_re)
 from server.sessions import Session, SessionTable, identify, now_ms
 from server.settings import Settings
 from worldstate.entities import Entity, Pose
@@ -49,6 +49,7 @@ class Shard:
         self.placed_by: dict[str, str] = {}  # object id -> guest pid that placed it
         self.admins = frozenset(n.lower() for n in settings.admins)
         self.tick_no = 0
+        self.due: set[str] = set()  # players the next tick must visit even without a view diff
         self.host = settings.host
         self.port = settings.port
         self._tasks: set[asyncio.Task] = set()
@@ -91,17 +92,21 @@ class Shard:
         return await self.db.call(fn, *args)
 
     # -- output ---------------------------------------------------------------------
-    def write(self, session: Session, data: bytes, kind: str) -> bool:
-        """Queue one text frame on the session's transport without waiting; False if closed."""
+    def write(self, session: Session, data: bytes, kind: str, frame: bytes | None = None) -> bool:
+        """Queue one text frame on the session's transport without waiting; False if closed.
+
+        `frame` is `data` already framed by `text_frame` (shared when fanning out).
+        """
         conn = session.conn
-        if conn.protocol.state is not State.OPEN:
+        transport = conn.transport
+        if conn.protocol.state is not State.OPEN or transport.is_closing():
             return False
-        try:
-            conn.protocol.send_text(data)
-            conn.send_data()
-        except Exception:  # the transport went away under us; its handler will clean up
-            log.debug("write to %s failed", session.pid, exc_info=True)
-            return False
+        # Straight to the transport: no drain, no per-write protocol bookkeeping. Safe
+        # because the shard never fragments, and websockets' own control frames are
+        # written to the same transport in order.
+        transport.write(frame or text_frame(data))
+        if transport.get_write_buffer_size() > self.settings.send_buffer_limit:
+            self.due.add(session.pid)  # the tick checks it against the stuck limit
         self.metrics.messages_out.inc(kind)
         self.metrics.bytes_out.inc(kind, by=len(data))
         return True
@@ -111,11 +116,12 @@ class Shard:
         if isinstance(message, dict):
             kind = kind or message.get("t", "?")
             message = encode(message)
+        framed = text_frame(message)
         online = self.sessions.online
         for pid in pids:
             session = online.get(pid)
             if session is not None:
-                self.write(session, message, kind or "?")
+                self.write(session, message, kind or "?", framed)
 
     def reply(self, session: Session, message: dict, msg_id=None) -> None:
         """Send a reply to one client, with `re` when its message had an `id`."""
@@ -157,7 +163,6 @@ class Shard:
             session = existing
             old = session.conn
             session.rebind(conn, self.settings)
-            session.closing = False
             self.spawn(old.close(REPLACED, "replaced by a newer connection"))
             self.metrics.closes.inc(str(REPLACED))
         self._welcome(session, hello)
@@ -225,6 +230,7 @@ class Shard:
                 raise ClientError(INVALID, "seq must grow with every move", field="seq", re=msg.id)
             self.world.move(session.pid, Pose(msg.x, msg.y, msg.z, msg.yaw), now_ms())
             session.ack = msg.seq
+            self.due.add(session.pid)
             session.pose_dirty = True
         elif isinstance(msg, Ping):
             self.reply(session, {"t": "pong", "ct": msg.ct, "st": now_ms()}, msg.id)

@@ -87,13 +87,21 @@ class Ticker:
         cache = FragmentCache()
         st = now_ms()
         mono = time.monotonic()
-        for session in list(shard.sessions.online.values()):
+        # Only players with something to send are visited: a view diff, a new ack, or a
+        # stale view waiting for its buffer to drain. Idle players cost nothing per tick.
+        due, shard.due = shard.due, set()
+        online = shard.sessions.online
+        for pid in due.union(diffs):
+            session = online.get(pid)
+            if session is None:
+                continue
             if not self._writable(session, mono):
+                shard.due.add(pid)  # look again next tick
                 continue
             if session.stale:
                 shard.send_full_view(session)
                 continue
-            diff = diffs.get(session.pid)
+            diff = diffs.get(pid)
             if diff is None:
                 if session.ack != session.sent_ack:
                     self._send(session, state_frame(shard.tick_no, st, session.ack, [], [], []))
