@@ -151,3 +151,28 @@ def _check_ms(field: str, v: object) -> None:
     # Must fit a signed 64-bit column.
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
         raise InvalidRecord(f"{field} must be a non-negative integer, got {v!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    """What NPC `npc_id` remembers of player `player_name`: a summary and recent (line, answer) turns."""
+
+    npc_id: str
+    player_name: str
+    summary: str
+    turns: tuple[tuple[str, str], ...]
+    updated_ms: int
+
+    def __post_init__(self) -> None:
+        check_name(self.player_name)
+        if not isinstance(self.npc_id, str) or not self.npc_id or len(self.npc_id) > t.MAX_ENTITY_ID:
+            raise InvalidRecord("npc_id must be a non-empty string of at most %d characters" % t.MAX_ENTITY_ID)
+        if not isinstance(self.summary, str):
+            raise InvalidRecord("summary must be a string")
+        if not all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(s, str) for s in p)
+                   for p in self.turns):
+            raise InvalidRecord("turns must be (line, answer) string pairs")
+        size = len(self.summary) + sum(len(a) + len(b) for a, b in self.turns)
+        if size > t.MAX_MEMORY:
+            raise InvalidRecord(f"memory too large ({size} > {t.MAX_MEMORY} characters)")
+        _check_ms("updated_ms", self.updated_ms)

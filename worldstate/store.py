@@ -14,6 +14,7 @@ Records in and out are frozen dataclasses (`worldstate.records`), never ORM rows
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import threading
@@ -32,13 +33,13 @@ from worldstate.passwords import (
     MAX_PASSWORD_CHARS, ScryptCost, hash_password, needs_rehash, verify_password,
 )
 from worldstate.records import (
-    ChatLine, InvalidRecord, NameTaken, ObjectExists, ObjectRecord, PlayerRecord,
+    ChatLine, InvalidRecord, MemoryRecord, NameTaken, ObjectExists, ObjectRecord, PlayerRecord,
     StoreClosed, StoreError, check_name, name_key,
 )
 
 __all__ = [
     "Store", "StoreSettings", "ScryptCost", "StoreError", "NameTaken", "ObjectExists",
-    "InvalidRecord", "StoreClosed", "PlayerRecord", "ObjectRecord", "ChatLine",
+    "InvalidRecord", "StoreClosed", "PlayerRecord", "ObjectRecord", "ChatLine", "MemoryRecord",
 ]
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,33 @@ class Store:
             ]
         lines.reverse()
         return lines
+
+    # -- NPC memory -------------------------------------------------------------------
+    def load_memory(self, npc_id: str, player_name: str) -> MemoryRecord | None:
+        """What `npc_id` remembers of `player_name` (any letter case), or None."""
+        key = _lookup_key(player_name)
+        if key is None or not isinstance(npc_id, str) or len(npc_id) > t.MAX_ENTITY_ID:
+            return None
+        with self._tx() as s:
+            row = s.get(t.NpcMemoryRow, (npc_id, key))
+            if row is None:
+                return None
+            turns = tuple((a, b) for a, b in json.loads(row.turns_json))
+            return MemoryRecord(row.npc_id, row.player_name, row.summary, turns, row.updated_ms)
+
+    def save_memory(self, rec: MemoryRecord) -> None:
+        """Insert or replace one NPC's memory of one player."""
+        _check_type(rec, MemoryRecord)
+        key = name_key(rec.player_name)
+        turns = json.dumps([list(p) for p in rec.turns], ensure_ascii=False)
+        with self._tx() as s:
+            row = s.get(t.NpcMemoryRow, (rec.npc_id, key))
+            if row is None:
+                s.add(t.NpcMemoryRow(npc_id=rec.npc_id, player_key=key, player_name=rec.player_name,
+                                     summary=rec.summary, turns_json=turns, updated_ms=rec.updated_ms))
+            else:
+                row.player_name, row.summary = rec.player_name, rec.summary
+                row.turns_json, row.updated_ms = turns, rec.updated_ms
 
     # -- lifecycle --------------------------------------------------------------------
     def close(self) -> None:

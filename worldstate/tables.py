@@ -93,3 +93,19 @@ class SettingRow(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=MAX_SETTING_KEY)
     value: str = Field(max_length=MAX_SETTING_VALUE)
+
+
+MAX_MEMORY = 20000
+
+
+class NpcMemoryRow(SQLModel, table=True):
+    """What one NPC remembers of one player: a running summary and recent turns (JSON)."""
+
+    __tablename__ = "npc_memory"
+
+    npc_id: str = Field(primary_key=True, max_length=MAX_ENTITY_ID)
+    player_key: str = Field(primary_key=True, max_length=MAX_NAME)
+    player_name: str = Field(max_length=MAX_NAME)
+    summary: str = Field(sa_column=Column(Text, nullable=False))
+    turns_json: str = Field(sa_column=Column(Text, nullable=False))
+    updated_ms: int = Field(sa_type=BigInteger)
