@@ -97,6 +97,7 @@ class Session:
         `password` claims `name` on first use and is required later; `token` (from an
         earlier `welcome`) resumes that player and makes name and password irrelevant.
         Returns once the first `state` (own entity included) is in `entities`.
+        A name the shard rejects raises `ErrorReply` (`invalid`, field `name`).
         Use as `async with WorldClient.connect(...) as c`, or `c = await ...connect(...)`
         and `await c.close()`. Raises `Closed` (e.g. code 4001 with `.error` the `auth`
         error) when the shard refuses, `ProtocolViolation` when it breaks the contract,
@@ -145,12 +146,15 @@ class Session:
                 t = msg.get("t")
                 if t == "error":
                     error = ErrorReply(msg.get("code", ""), msg.get("msg", ""), msg.get("field"))
+                    if error.code == "invalid":
+                        raise error  # a malformed hello: the shard waits for a better one
                 elif t == "welcome" and welcome is None:
                     welcome = parse_event(msg)
                 elif t == "state" and welcome is not None:
                     return welcome, msg
-                else:
-                    raise ProtocolViolation(f"unexpected {t!r} during hello")
+                elif t in ("welcome", "state"):
+                    raise ProtocolViolation(f"{t!r} out of order during hello")
+                # Anything else before the first state is a newer shard's addition: skip it.
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else CloseCode.ABNORMAL
             reason = exc.rcvd.reason if exc.rcvd else ""

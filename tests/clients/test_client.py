@@ -254,3 +254,21 @@ async def test_documented_example_runs(url, capsys):
     await example.main(url, name=fresh("ex"), talk=False)
     out = capsys.readouterr().out
     assert "joined " in out and "placed o:" in out and "invalid on color" in out
+
+
+async def test_bad_name_raises_invalid_name(url):
+    """A name outside the shard's pattern raises ErrorReply(invalid, field=name) at once."""
+    with pytest.raises(ErrorReply) as info:
+        await WorldClient.connect(url, name="no spaces allowed!", timeout=3)
+    assert (info.value.code, info.value.field) == ("invalid", "name")
+
+
+async def test_long_chat_is_invalid_and_huge_frame_closes_too_big(url):
+    """Chat over 500 characters is `invalid` (field text); a frame over 16 KiB closes 1009."""
+    async with WorldClient.connect(url, name=fresh()) as c:
+        with pytest.raises(ErrorReply) as info:
+            await c.say("x" * 501)
+        assert (info.value.code, info.value.field) == ("invalid", "text")
+        with pytest.raises(Closed) as info:
+            await c.say("x" * 20_000)
+        assert info.value.code == CloseCode.TOO_BIG and c.closed is info.value

@@ -33,6 +33,7 @@ async def test_wrong_types_and_missing_fields_name_the_field(shard):
         ({"t": "move", "seq": 1, "x": 0, "y": 0, "yaw": 0}, "z"),
         ({"t": "chat", "text": 5, "channel": "say"}, "text"),
         ({"t": "chat", "channel": "say"}, "text"),
+        ({"t": "chat", "text": "y" * 501, "channel": "say"}, "text"),  # over 500 characters
         ({"t": "place", "shape": "box", "x": 0, "y": 0, "z": "0"}, "z"),
         ({"t": "remove"}, "target"),
     ]

@@ -97,3 +97,34 @@ async def test_unchanged_entities_are_not_repeated_in_upd(field_shard):
     state = await b.state_where(lambda m: any(u[0] == a.you for u in m.get("upd", ())))
     assert [u[0] for u in state["upd"]] == [a.you]
     await close_all(a, b)
+
+
+async def test_first_state_holds_the_area_of_interest_only(field_shard):
+    """The first `enter` lists the NPC 10 m away but not the one ~85 m away (aoi 20 m)."""
+    w = await join(field_shard.ws_url)
+    npcs = {e["name"]: e["id"] for e in w.first_state["enter"] if e["kind"] == "npc"}
+    assert list(npcs) == ["Guard"]
+    start = len(w.seen)
+    await walk_to(w, 55.0, 55.0)  # now the hermit is ~7 m away, the guard ~75 m
+    entered = [e for m in w.seen[start:] if m.get("t") == "state" for e in m.get("enter", ())]
+    left = [i for m in w.seen[start:] if m.get("t") == "state" for i in m.get("leave", ())]
+    assert [e["name"] for e in entered if e["kind"] == "npc"] == ["Hermit"]
+    assert npcs["Guard"] in left
+    await w.close()
+
+
+async def test_state_only_when_view_changes_and_once_per_tick(field_shard):
+    """Moves out of view send no `state` to a watcher; states carry increasing ticks."""
+    a = await join(field_shard.ws_url)
+    b = await join(field_shard.ws_url)
+    await a.state_where(lambda m: b.you in entity_ids(m))
+    await walk_to(b, 80.0, -80.0)
+    await a.state_where(lambda m: b.you in m.get("leave", ()))
+    start = len(a.seen)
+    for i in range(5):  # each ack is a later tick: at least five ticks pass
+        await walk_to(b, 80.0 - i, -80.0)
+    await a.barrier()
+    assert not any(m.get("t") == "state" for m in a.seen[start:])
+    ticks = [m["tick"] for m in b.seen if m.get("t") == "state"]
+    assert ticks == sorted(set(ticks))  # strictly increasing: never two in one tick
+    await close_all(a, b)

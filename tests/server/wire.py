@@ -36,6 +36,7 @@ class Wire:
         self.welcome: dict | None = None
         self.first_state: dict | None = None
         self.seq = 0  # last move seq sent by walk_to
+        self.pose: list | None = None  # own [x, y, z, yaw] as last reported by the shard
 
     @property
     def you(self) -> str:
@@ -50,7 +51,17 @@ class Wire:
         """The next message (decoded); TimeoutError if none within `timeout`."""
         msg = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         self.seen.append(msg)
+        if msg.get("t") == "state" and self.welcome is not None:
+            self._track_own_pose(msg)
         return msg
+
+    def _track_own_pose(self, state: dict) -> None:
+        for e in state.get("enter", ()):
+            if e["id"] == self.you:
+                self.pose = [e["x"], e["y"], e["z"], e["yaw"]]
+        for u in state.get("upd", ()):
+            if u[0] == self.you:
+                self.pose = list(u[1:])
 
     async def recv_until(self, pred: Callable[[dict], bool], timeout: float = WAIT_S) -> dict:
         """Skip messages until one satisfies `pred`; return it. TimeoutError otherwise."""
@@ -163,9 +174,11 @@ FAST_WORLD = {
 }
 GUARD = {"id": "guard", "name": "Guard", "x": 10.0, "y": 0.0, "z": 0.0,
          "persona": "A quiet test guard."}
+HERMIT = {"id": "hermit", "name": "Hermit", "x": 60.0, "y": 0.0, "z": 60.0,
+          "persona": "A test hermit who lives far from the spawn point."}
 
 
-def write_world(path, *, npcs=(GUARD,), **overrides) -> str:
+def write_world(path, *, npcs=(GUARD, HERMIT), **overrides) -> str:
     """Write a TOML world (FAST_WORLD with `overrides`, spawn at the origin) to `path`."""
     world = {**FAST_WORLD, "name": "TestField", "spawn": (0.0, 0.0, 0.0), "spawn_radius": 0.0,
              **overrides}
@@ -199,14 +212,12 @@ async def walk_to(w: Wire, x: float, z: float, *, y: float = 0.0, yaw: float = 0
     Repeats the move, each after the previous one's ack, until the shard reports the
     target (a tick's time allowance is already plenty at FAST_WORLD's speed).
     """
-    seq = seq_start if seq_start is not None else getattr(w, "seq", 0)
-    row = None
+    seq = seq_start if seq_start is not None else w.seq
     for _ in range(10):
         seq += 1
         await w.send({"t": "move", "seq": seq, "x": x, "y": y, "z": z, "yaw": yaw})
-        state = await w.state_where(lambda m: m["ack"] >= seq)
-        row = next((u for u in state.get("upd", ()) if u[0] == w.you), row)
-        if row is not None and abs(row[1] - x) < 1e-6 and abs(row[3] - z) < 1e-6:
+        await w.state_where(lambda m: m["ack"] >= seq)
+        if abs(w.pose[0] - x) < 1e-6 and abs(w.pose[2] - z) < 1e-6 and w.pose[3] == yaw:
             w.seq = seq
-            return row
-    raise AssertionError(f"could not reach {(x, z)}: last pose {row}")
+            return [w.you, *w.pose]
+    raise AssertionError(f"could not reach {(x, z)}: last pose {w.pose}")
