@@ -1,9 +1,10 @@
 """Synchronous persistence for a shard: accounts, last poses, objects, chat log, settings.
 
 `Store(url)` takes any SQLAlchemy URL (``sqlite:///world.db``,
-``postgresql+psycopg://user@host/db``) and creates its tables on open (all live in
-`worldstate.tables`). Each public method is one transaction: it either commits whole or
-rolls back and raises a `StoreError`, so bad input never leaves half a write behind. A
+``postgresql+psycopg://user@host/db``) and migrates its tables to the newest revision on
+open (`worldstate.migrate`; the tables live in `worldstate.tables`). Each public method is
+one transaction: it either commits whole or rolls back and raises a `StoreError`, so bad
+input never leaves half a write behind. A
 method returning means its data is committed; with SQLite (WAL, synchronous=FULL) that
 survives the process being killed outright.
 
@@ -26,8 +27,10 @@ from sqlalchemy import delete, event, insert, select
 from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel
+from alembic.util import CommandError as AlembicError
+from sqlmodel import Session
 
+from worldstate import migrate
 from worldstate import tables as t
 from worldstate.passwords import (
     MAX_PASSWORD_CHARS, ScryptCost, hash_password, needs_rehash, verify_password,
@@ -82,8 +85,10 @@ class Store:
         self._engine = _make_engine(parsed, self.settings)
         self._pose_upsert = _pose_upsert(self._engine.dialect.name)
         try:
-            SQLModel.metadata.create_all(self._engine)
-        except SQLAlchemyError as e:
+            # Managed migrations (worldstate.migrate), not create_all: an existing
+            # database is upgraded in place, and shards sharing one take turns.
+            migrate.upgrade(self._engine)
+        except (SQLAlchemyError, AlembicError) as e:
             self._engine.dispose()
             raise StoreError(f"cannot open database {self.url}: {e}") from e
 

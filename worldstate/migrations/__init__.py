@@ -1,0 +1,1 @@
+"""Alembic migrations of Worldsmith's database; run them with `worldstate.migrate`."""
