@@ -272,3 +272,32 @@ async def test_long_chat_is_invalid_and_huge_frame_closes_too_big(url):
         with pytest.raises(Closed) as info:
             await c.say("x" * 20_000)
         assert info.value.code == CloseCode.TOO_BIG and c.closed is info.value
+
+
+async def test_talk_streams_an_answer_and_cancel_stops_one(tmp_path):
+    """talk() streams pieces that add up to NpcEnd.text; a second line while one is in flight
+    is rate_limited; cancel() ends an answer with reason `cancelled` (tiny random model)."""
+    from npc.service import NpcService, NpcSettings
+    from tests.server.wire import write_world
+
+    guard = {"id": "guard", "name": "Guard", "x": 2.0, "y": 0.0, "z": 0.0,
+             "persona": "A quiet test guard.", "reply_tokens": 24}
+    sage = dict(guard, id="sage", name="Sage", x=-2.0, reply_tokens=400)
+    world = write_world(tmp_path / "w.toml", npcs=(guard, sage))
+    service = NpcService(NpcSettings(model="tiny", soft_stop=1.0, context_tokens=1024))
+    async with run_shard(shard_settings(tmp_path, world=world), npcs=service) as s:
+        await service.ready.wait()
+        async with WorldClient.connect(s.ws_url, name=fresh(), timeout=20) as c:
+            answer = await c.talk("n:guard", "hello guard")
+            assert (answer.start.npc, answer.start.to) == ("n:guard", c.you)
+            pieces = [piece async for piece in answer]
+            assert pieces and "".join(pieces) == answer.end.text
+            assert answer.end.reason in ("stop", "length") and answer.end.tokens >= 1
+
+            long = await c.talk("n:sage", "tell me everything")
+            with pytest.raises(ErrorReply) as info:
+                await c.talk("n:guard", "me again")
+            assert info.value.code == "rate_limited"
+            await c.cancel(long)
+            end = await long.wait_end(timeout=20)
+            assert end.reason == "cancelled" and await long.text() == end.text

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 SUBPROTOCOL = "world.v1"
-WAIT_S = 3.0  # generous for a loaded 2-core machine; only failing tests ever wait this long
+WAIT_S = 5.0  # generous for a loaded 2-core machine; only failing tests ever wait this long
 _names = itertools.count(1)
 
 
