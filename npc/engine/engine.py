@@ -142,7 +142,7 @@ class EngineCore:
         self.blocks = BlockManager(num_blocks, settings.block_size)
         self.scheduler = Scheduler(self.config, self.blocks)
         self.runner = Runner(model, num_blocks=num_blocks, block_size=settings.block_size,
-                             device=device, dtype=dtype)
+                             max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype)
         self.metrics = EngineMetrics()
         self.eos_ids = frozenset(tokenizer.eos_ids)
 

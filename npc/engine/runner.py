@@ -1,14 +1,20 @@
-"""The one module that owns tensors: the paged KV cache, the attention context, the forward pass.
+"""The one module that owns tensors: the KV cache, the attention context, the forward pass.
 
-KV layout: per layer, K and V are flat tables of `num_blocks * block_size` slots,
-(S, Hkv, D) each, preallocated once within a named memory budget. A sequence's position p
-lives in slot `block_table[p // bs] * bs + p % bs`.
+Two KV stores, both preallocated:
+- Pages: per layer a flat table of `num_blocks * block_size` slots, (S, Hkv, D), sized by
+  the named KV budget. Position p of a sequence lives in slot
+  `block_table[p // bs] * bs + p % bs`. This is what the block manager accounts for and
+  what the prefix cache shares between requests.
+- Rows: per layer (Hkv, R, row_len, D), one contiguous row per running sequence. Every
+  new K/V goes to both; attention reads the rows. On a CPU, gathering scattered blocks
+  into a padded batch every layer of every step cost as much as the matmuls; a row is
+  read in place. A row is filled from the pages once, when a sequence starts from a
+  cached prefix (or after preemption), and is rewritten token by token after that.
 
 A step packs every scheduled token (decodes first, then prefill chunks) into one flat
 forward pass, so the weights are read once for the whole batch. Attention then splits:
-all decodes together in one SDPA call over K/V gathered into a padded (B, Hkv, L, D)
-batch with a length mask; each prefill chunk on its own, causally over its cached prefix
-plus itself.
+all decodes in one SDPA call over their rows with a length mask; each prefill chunk on
+its own, causally over its row's prefix plus itself.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 from npc.engine.model import Transformer
 from npc.engine.sampling import Sampler
 from npc.engine.scheduler import Work
+from npc.engine.sequence import Sequence, Status
 
 
 def kv_bytes_per_token(model: Transformer, dtype: torch.dtype) -> int:
@@ -37,57 +44,75 @@ def blocks_in_budget(model: Transformer, *, budget_mb: float, block_size: int, d
 
 @dataclass(slots=True)
 class _Prefill:
-    rows: slice  # this chunk's rows in the packed batch
+    rows: slice  # this chunk's tokens in the packed batch
+    row: int  # its sequence's KV row
     start: int  # position of its first token
-    gather: torch.Tensor | None  # (start + n,) slots of positions 0.., None when start == 0
 
 
 class StepContext:
-    """The AttentionContext for one packed forward pass: writes new K/V, attends over the cache."""
+    """The AttentionContext for one packed forward pass: stores new K/V, attends over rows."""
 
-    def __init__(self, runner: "Runner", slots: torch.Tensor, num_decodes: int,
-                 decode_gather: torch.Tensor | None, decode_mask: torch.Tensor | None,
-                 prefills: list[_Prefill]) -> None:
+    def __init__(self, runner: "Runner", slots: torch.Tensor, row_of_token: torch.Tensor,
+                 pos_of_token: torch.Tensor, num_decodes: int, decode_rows: torch.Tensor | None,
+                 span: int, length: int, decode_mask: torch.Tensor | None, prefills: list[_Prefill]) -> None:
         self.runner = runner
-        self.slots = slots  # (T,) cache slot of each packed token
+        self.slots = slots  # (T,) page slot of each packed token
+        self.row_of_token = row_of_token  # (T,)
+        self.pos_of_token = pos_of_token  # (T,)
         self.num_decodes = num_decodes
-        self.decode_gather = decode_gather  # (B * L,) slots, padded
-        self.decode_mask = decode_mask  # (B, 1, 1, L) True where a position may be attended
+        self.decode_rows = decode_rows  # (B,) row of each decode
+        self.span = span  # decodes use rows [0, span)
+        self.length = length  # longest decode context
+        self.decode_mask = decode_mask  # (1, span, 1, length): 0 where attention may look, else -inf
         self.prefills = prefills
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D); stores k/v in the cache first."""
-        kc, vc = self.runner.k_cache[layer], self.runner.v_cache[layer]  # (S, Hkv, D)
-        kc.index_copy_(0, self.slots, k)
-        vc.index_copy_(0, self.slots, v)
+        r = self.runner
+        r.k_pages[layer].index_copy_(0, self.slots, k)
+        r.v_pages[layer].index_copy_(0, self.slots, v)
+        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (Hkv, R, row_len, D)
+        rk[:, self.row_of_token, self.pos_of_token] = k.transpose(0, 1)
+        rv[:, self.row_of_token, self.pos_of_token] = v.transpose(0, 1)
         hq, d = q.shape[1], q.shape[2]
         hkv = k.shape[1]
         group = hq // hkv
         out = torch.empty_like(q)
         b = self.num_decodes
         if b:
-            # Each KV head's G query heads become G "query positions" of one head, so the
-            # cached K/V is used as-is with no repeat for grouped-query attention.
-            qd = q[:b].view(b, hkv, group, d)  # (B, Hkv, G, D)
-            length = self.decode_mask.shape[-1]
-            kd = kc.index_select(0, self.decode_gather).view(b, length, hkv, d).transpose(1, 2)
-            vd = vc.index_select(0, self.decode_gather).view(b, length, hkv, d).transpose(1, 2)
-            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=self.decode_mask)  # (B, Hkv, G, D)
-            out[:b] = od.reshape(b, hq, d)
+            # Each KV head's G query heads act as G query positions of that head, so rows
+            # are used in place with no repeat for grouped-query attention. Rows in the span
+            # that are not decoding this step get zero queries and a harmless mask.
+            qd = q[:b].view(b, hkv, group, d).transpose(0, 1)  # (Hkv, B, G, D)
+            if self.span == b and self.decode_rows is None:
+                qpad = qd
+            else:
+                qpad = q.new_zeros(hkv, self.span, group, d)
+                qpad[:, self.decode_rows] = qd
+            kd = rk[:, :self.span, :self.length]  # (Hkv, span, L, D), a view
+            vd = rv[:, :self.span, :self.length]
+            # Plain matmuls: on CPU they beat SDPA's masked kernel for one query per row.
+            scores = torch.matmul(qpad, kd.transpose(-1, -2)).mul_(d ** -0.5)  # (Hkv, span, G, L)
+            scores += self.decode_mask
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vd.dtype)
+            od = torch.matmul(probs, vd)  # (Hkv, span, G, D)
+            if qpad is not qd:
+                od = od[:, self.decode_rows]
+            out[:b] = od.transpose(0, 1).reshape(b, hq, d)
         for p in self.prefills:
             qp = q[p.rows].transpose(0, 1).unsqueeze(0)  # (1, Hq, n, D)
-            if p.gather is None:
+            n = qp.shape[2]
+            if p.start == 0:
                 kp = k[p.rows].transpose(0, 1).unsqueeze(0)  # (1, Hkv, n, D)
                 vp = v[p.rows].transpose(0, 1).unsqueeze(0)
                 op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
             else:
-                n = qp.shape[2]
-                kp = kc.index_select(0, p.gather).transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
-                vp = vc.index_select(0, p.gather).transpose(0, 1).unsqueeze(0)
-                total = p.gather.shape[0]
+                end = p.start + n
+                kp = rk[:, p.row, :end].unsqueeze(0)  # (1, Hkv, end, D)
+                vp = rv[:, p.row, :end].unsqueeze(0)
                 # Query i sits at position start + i and sees positions <= start + i.
-                qpos = torch.arange(p.start, p.start + n, device=q.device).unsqueeze(1)
-                mask = torch.arange(total, device=q.device).unsqueeze(0) <= qpos  # (n, L)
+                qpos = torch.arange(p.start, end, device=q.device).unsqueeze(1)
+                mask = torch.arange(end, device=q.device).unsqueeze(0) <= qpos  # (n, end)
                 op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=True)
             out[p.rows] = op.squeeze(0).transpose(0, 1)
         return out
@@ -96,91 +121,131 @@ class StepContext:
 class Runner:
     """Runs scheduled work through the model and samples next tokens."""
 
-    def __init__(self, model: Transformer, *, num_blocks: int, block_size: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        if num_blocks < 1 or block_size < 1:
-            raise ValueError("num_blocks and block_size must be >= 1")
+    def __init__(self, model: Transformer, *, num_blocks: int, block_size: int, max_running: int,
+                 row_len: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if min(num_blocks, block_size, max_running, row_len) < 1:
+            raise ValueError("num_blocks, block_size, max_running and row_len must be >= 1")
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks
-        shape = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)  # (L, S, Hkv, D)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.row_len = row_len
+        pages = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.k_pages = torch.zeros(pages, dtype=dtype, device=self.device)  # (L, S, Hkv, D)
+        self.v_pages = torch.zeros(pages, dtype=dtype, device=self.device)
+        rows = (cfg.num_layers, cfg.num_kv_heads, max_running, row_len, cfg.head_dim)
+        self.k_rows = torch.zeros(rows, dtype=dtype, device=self.device)  # (L, Hkv, R, row_len, D)
+        self.v_rows = torch.zeros(rows, dtype=dtype, device=self.device)
+        self._row_seq: list[Sequence | None] = [None] * max_running
+        self._row_of: dict[int, int] = {}  # seq_id -> row
+        self._filled: dict[int, int] = {}  # seq_id -> positions of its row holding valid K/V
         self.sampler = Sampler(self.device)
 
     @property
     def cache_bytes(self) -> int:
-        """Memory held by the KV cache."""
-        return 2 * self.k_cache.numel() * self.k_cache.element_size()
+        """Memory held by the KV pages and rows."""
+        return sum(t.numel() * t.element_size() for t in (self.k_pages, self.v_pages, self.k_rows, self.v_rows))
+
+    # -- rows -----------------------------------------------------------------------------
+    def _row(self, seq: Sequence) -> int:
+        row = self._row_of.get(seq.seq_id)
+        if row is not None:
+            return row
+        for row, holder in enumerate(self._row_seq):
+            # A preempted or finished holder gives its row up.
+            if holder is None or holder.status is not Status.RUNNING:
+                if holder is not None:
+                    self.release(holder.seq_id)
+                self._row_seq[row] = seq
+                self._row_of[seq.seq_id] = row
+                self._filled[seq.seq_id] = 0
+                return row
+        raise RuntimeError("more running sequences than KV rows")
+
+    def _fill(self, seq: Sequence, row: int, start: int) -> None:
+        """Copy positions [filled, start) of `seq` from the pages into its row (prefix hits)."""
+        filled = min(self._filled[seq.seq_id], start)
+        if filled < start:
+            slots = torch.tensor(self._slots(seq.block_table, filled, start), dtype=torch.long, device=self.device)
+            # (L, n, Hkv, D) -> (L, Hkv, n, D)
+            self.k_rows[:, :, row, filled:start] = self.k_pages.index_select(1, slots).transpose(1, 2)
+            self.v_rows[:, :, row, filled:start] = self.v_pages.index_select(1, slots).transpose(1, 2)
+        self._filled[seq.seq_id] = start
+
+    def release(self, seq_id: int) -> None:
+        """Forget a finished request: its row and its sampling state."""
+        row = self._row_of.pop(seq_id, None)
+        if row is not None:
+            self._row_seq[row] = None
+        self._filled.pop(seq_id, None)
+        self.sampler.release(seq_id)
 
     def _slots(self, table: list[int], start: int, stop: int) -> list[int]:
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]
 
-    def _block_tensor(self, tables: list[list[int]]) -> torch.Tensor:
-        width = max(len(t) for t in tables)
-        return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
-
+    # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, work: list[Work]) -> dict[int, int]:
-        """One forward pass over `work` (decodes first, as the scheduler orders them).
-
-        Returns {seq_id: sampled token} for the pieces that reach their sequence's end.
-        """
+        """One forward pass over `work`; returns {seq_id: sampled token} for pieces that reach their end."""
         if not work:
             return {}
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
         # A piece of one token at the sequence's end attends like a decode, whatever its history.
         decodes = [w for w in work if w.count == 1 and w.samples]
         others = [w for w in work if not (w.count == 1 and w.samples)]
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        row_of_token: list[int] = []
         prefills: list[_Prefill] = []
         sample_rows: list[int] = []
-        sample_seqs = []
+        sample_seqs: list[Sequence] = []
+        decode_rows: list[int] = []
+        decode_lens: list[int] = []
         for i, w in enumerate(decodes + others):
             seq, a, b = w.seq, w.start, w.start + w.count
-            row0 = len(ids)
+            if b > self.row_len:
+                raise RuntimeError(f"sequence of {b} tokens exceeds the KV row length {self.row_len}")
+            row = self._row(seq)
+            self._fill(seq, row, a)
+            self._filled[seq.seq_id] = b
+            t0 = len(ids)
             ids += seq.tokens[a:b]
             positions += range(a, b)
             slots += self._slots(seq.block_table, a, b)
+            row_of_token += [row] * (b - a)
             if w.samples:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
-            if i >= len(decodes):
-                gather = None
-                if a > 0:
-                    gather = torch.tensor(self._slots(seq.block_table, 0, b), dtype=torch.long)
-                    gather = gather.to(self.device, non_blocking=True)
-                prefills.append(_Prefill(slice(row0, len(ids)), a, gather))
+            if i < len(decodes):
+                decode_rows.append(row)
+                decode_lens.append(b)
+            else:
+                prefills.append(_Prefill(slice(t0, len(ids)), row, a))
         dev = self.device
-        decode_gather = decode_mask = None
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long).to(dev, non_blocking=True)
+
+        span = length = 0
+        rows_t = mask = None
         if decodes:
-            lengths = torch.tensor([len(w.seq.tokens) for w in decodes], dtype=torch.long)
-            length = int(lengths.max())
-            pos = torch.arange(length)
-            table = self._block_tensor([w.seq.block_table for w in decodes])  # (B, blocks)
-            gather = table[:, pos // self.block_size] * self.block_size + pos % self.block_size  # (B, L)
-            # Padding positions point at slot 0 and are masked out.
-            mask = pos.unsqueeze(0) < lengths.unsqueeze(1)  # (B, L)
-            gather = gather.masked_fill(~mask, 0)
-            decode_gather = gather.view(-1).to(dev, non_blocking=True)
-            decode_mask = mask.view(len(decodes), 1, 1, length).to(dev, non_blocking=True)
-        ctx = StepContext(self, torch.tensor(slots, dtype=torch.long).to(dev, non_blocking=True),
-                          len(decodes), decode_gather, decode_mask, prefills)
-        input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
-        pos_t = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
-        hidden = self.model(input_ids, pos_t, ctx)  # (T, C)
+            span, length = max(decode_rows) + 1, max(decode_lens)
+            lens = [1] * span  # rows not decoding this step may look at position 0 only
+            for row, n in zip(decode_rows, decode_lens):
+                lens[row] = n
+            visible = torch.arange(length).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)  # (span, L)
+            mask = torch.zeros(span, length).masked_fill_(~visible, float("-inf"))
+            mask = mask.view(1, span, 1, length).to(dev, dtype=self.dtype, non_blocking=True)
+            if decode_rows != list(range(span)):
+                rows_t = tensor(decode_rows)
+        ctx = StepContext(self, tensor(slots), tensor(row_of_token), tensor(positions), len(decodes),
+                          rows_t, span, length, mask, prefills)
+        hidden = self.model(tensor(ids), tensor(positions), ctx)  # (T, C)
         if not sample_rows:
             return {}
-        rows = torch.tensor(sample_rows, dtype=torch.long).to(dev, non_blocking=True)
-        logits = self.model.logits(hidden.index_select(0, rows))  # (N, V) fp32
+        logits = self.model.logits(hidden.index_select(0, tensor(sample_rows)))  # (N, V) fp32
         tokens = self.sampler(logits, sample_seqs)
         return {seq.seq_id: tok for seq, tok in zip(sample_seqs, tokens)}
-
-    def release(self, seq_id: int) -> None:
-        """Forget per-request sampling state of a finished sequence."""
-        self.sampler.release(seq_id)
