@@ -59,7 +59,10 @@ async def test_private_by_id_and_by_name(field_shard):
         got = await b.recv_type("chat", text=text)
         assert got["channel"] == "private" and got["from"] == a.you and "re" not in got
         assert got["to"] == b.you
-    assert await _heard(c, {"psst id", "psst name"}) == []
+    # `to` wins over any channel: a "global" line with `to` is still private.
+    await a.send({"t": "chat", "text": "psst global", "channel": "global", "to": b.you})
+    assert (await b.recv_type("chat", text="psst global"))["channel"] == "private"
+    assert await _heard(c, {"psst id", "psst name", "psst global"}) == []
     await close_all(a, b, c)
 
 

@@ -5,10 +5,11 @@ from tests.server.wire import close_all, entity_ids, join
 
 
 async def test_bad_json_gets_bad_json_and_connection_stays(shard):
-    """A frame that is not JSON gets `error` `bad_json`; the connection keeps working."""
+    """A frame that is not a JSON object in text gets `bad_json`; the connection keeps working."""
     w = await join(shard.ws_url)
-    await w.send("{not json")
-    assert (await w.error())["code"] == "bad_json"
+    for frame in ("{not json", "[1, 2]", b'{"t":"ping"}'):  # not JSON, not an object, binary
+        await w.send(frame)
+        assert (await w.error())["code"] == "bad_json", frame
     await w.send({"t": "ping", "ct": 3, "id": "after"})
     assert (await w.recv_type("pong"))["re"] == "after"
     await w.close()

@@ -184,3 +184,17 @@ async def test_others_see_enter_and_leave(shard):
     await b.close()
     await a.state_where(lambda m: b.you in m.get("leave", ()))
     await close_all(a)
+
+
+async def test_names_outside_the_rules_get_no_welcome(shard):
+    """Names must be 1-24 of A-Z a-z 0-9 _ -: others get `invalid` (field name), no welcome."""
+    for bad in ("", "x" * 25, "two words", "caf\u00e9", "semi;colon"):
+        w = await open_wire(shard.ws_url)
+        await w.send({"t": "hello", "v": 1, "name": bad, "id": "h"})
+        err = await w.error()
+        assert (err["code"], err.get("field")) == ("invalid", "name"), bad
+        assert not any(m.get("t") == "welcome" for m in w.seen)
+        await w.close()
+    ok = await join(shard.ws_url, "A-z_09" + unique_name("")[:10])
+    assert ok.welcome["name"].startswith("A-z_09")
+    await ok.close()
