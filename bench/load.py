@@ -172,7 +172,7 @@ def bot_settings(plan: Plan, url: str, bots: int, scenario: str, area) -> BotSet
     """The bots' settings for one run."""
     return BotSettings(url=url, bots=bots, duration=plan.duration, scenario=scenario, rate=plan.rate,
                        area=area, ramp=plan.ramp, observers=plan.observers, progress=sys.stderr.isatty(),
-                       connect_timeout=30.0)
+                       connect_timeout=20.0)
 
 
 def moving_run(plan: Plan, name: str, workdir: Path) -> list[dict]:
@@ -227,7 +227,7 @@ def idle_run(plan: Plan, workdir: Path) -> list[dict]:
 def _row(scenario: str, server: str, r: dict, *, shard_cpu_pct) -> dict:
     """One result row: the headline numbers of a bots report plus the server's CPU."""
     mu, cp = r.get("missed_updates") or {}, r.get("completeness") or {}
-    return {"scenario": scenario, "server": server, "bots": r["bots"],
+    return {"scenario": scenario, "server": server, "bots": r["bots"], "report": r,
             "made": r["connections"]["made"], "failed": r["connections"]["failed"],
             "close_codes": r["connections"]["close_codes"],
             "ack_p50_ms": r["ack_ms"]["p50"], "ack_p99_ms": r["ack_ms"]["p99"],
@@ -281,7 +281,7 @@ def format_rows(rows: list[dict]) -> str:
     head = " ".join(n.rjust(w) for n, w in cols)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(" ".join(str(r.get(n, "-") if r.get(n) is not None else "-").rjust(w) for n, w in cols))
+        lines.append(" ".join(str(r.get(n) if r.get(n) is not None else "-").rjust(w) for n, w in cols))
     return "\n".join(lines)
 
 
@@ -344,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                           "shard_core": plan.shard_core, "bots_core": plan.bots_core},
               "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__}, "rows": rows,
               "ratios": ratios, "verdicts": verdicts}
-    if json_path:
+    if json_path:  # the file keeps each run's whole bots report; the printed line only the rows
         Path(json_path).write_text(json.dumps(result, indent=1))
+    for r in rows:
+        r.pop("report")
     print(json.dumps(result, separators=(",", ":")))
     return 0
 

@@ -21,6 +21,7 @@ from clients.bots.truth import Truth
 SWEEP_S = 0.25      # ground-truth checks run this often
 LAG_TICK_S = 0.05   # the loop-lag monitor's period
 PACER_SLOT_S = 0.005
+NPC_DRAIN_S = 10.0  # at the end, wait this long at most for NPC answers still streaming
 
 
 def roles_for(scenario: str, index: int) -> tuple[bool, bool, bool]:
@@ -252,7 +253,13 @@ class Swarm:
         return sum(1 for b in self.bots if b.welcomed)
 
     async def _drain(self) -> None:
-        """Moves have stopped: let the last probes come due, then settle them."""
+        """Actions have stopped: let NPC answers finish and the last probes come due, then settle them."""
+        deadline = time.monotonic() + NPC_DRAIN_S
+        while any(b.npc_ask is not None and b.welcomed for b in self.talkers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        unfinished = sum(1 for b in self.talkers if b.npc_ask is not None)
+        if unfinished:
+            self.count("npc_unfinished", unfinished)
         if self.truth is not None and self.truth.open_probes:
             await asyncio.sleep(self.s.probe_timeout + SWEEP_S)
             self._rematch()

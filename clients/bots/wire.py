@@ -163,6 +163,8 @@ class WsConnection(asyncio.Protocol):
             self._fail_handshake("bad Sec-WebSocket-Accept")
         elif headers.get("sec-websocket-protocol") != SUBPROTOCOL:
             self._fail_handshake(f"subprotocol {headers.get('sec-websocket-protocol')!r}")
+        elif self.opened.done():  # the caller gave up waiting (timeout): drop the connection
+            self.transport.abort()
         else:
             self.open = True
             self.opened.set_result(self)

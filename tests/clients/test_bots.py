@@ -10,6 +10,7 @@ import pytest
 
 from clients.bots import BotSettings, run_bots
 from server.app import run_shard
+from server.npcs import NpcHook, NpcLine
 from tests.server.conftest import shard_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,3 +150,66 @@ async def test_command_line_writes_table_json_and_plot(tmp_path, world_file):
     assert REPORT_KEYS <= set(report) and report["connections"]["made"] == 3
     assert json.loads(text.strip().splitlines()[-1])["bots"] == 3  # the last line is the JSON report
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class ScriptedNpc(NpcHook):
+    """An NPC behind the shard's NpcHook seam that answers in three pieces, or `busy` every third line."""
+
+    def __init__(self) -> None:
+        self.heard = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.flight: set[str] = set()
+
+    async def start(self, shard) -> None:
+        self.shard = shard
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def in_flight(self, pid: str) -> bool:
+        return pid in self.flight
+
+    def hear(self, line: NpcLine) -> None:
+        self.heard += 1
+        reply = f"r:{self.heard}"
+        start = {"t": "npc_start", "reply": reply, "npc": line.npc, "name": line.npc_name, "to": line.speaker}
+        others = [p for p in line.listeners if p != line.speaker]
+        self.shard.send_to([line.speaker], dict(start, re=line.re) if line.re is not None else start)
+        self.shard.send_to(others, start)
+        if self.heard % 3 == 0:
+            self.shard.send_to(line.listeners, {"t": "npc_end", "reply": reply, "text": "", "reason": "busy",
+                                                "tokens": 0})
+            return
+        self.flight.add(line.speaker)
+        task = asyncio.create_task(self._stream(line, reply))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _stream(self, line: NpcLine, reply: str) -> None:
+        pieces = ["Well", " met,", " traveller."]
+        for piece in pieces:
+            await asyncio.sleep(0.02)  # stands in for the time a model takes per token
+            self.shard.send_to(line.listeners, {"t": "npc_token", "reply": reply, "text": piece})
+        self.flight.discard(line.speaker)
+        self.shard.send_to(line.listeners, {"t": "npc_end", "reply": reply, "text": "".join(pieces),
+                                            "reason": "stop", "tokens": len(pieces)})
+
+
+async def test_npc_run_times_first_token_and_gaps_and_counts_busy(tmp_path):
+    """Bots asking an NPC measure time to first token and inter-token gaps, and count `busy` answers."""
+    world = tmp_path / "npcyard.toml"
+    world.write_text(SMALL_WORLD.replace("spawn_radius = 20.0", "spawn_radius = 2.0")
+                     + '\n[[npcs]]\nid = "sage"\nname = "Sage"\nx = 0.0\ny = 0.0\nz = 0.0\n')
+    npc = ScriptedNpc()
+    async with run_shard(shard_settings(tmp_path, world=str(world)), npcs=npc) as shard:
+        r = await run_bots(quick(shard.ws_url, scenario="npc", bots=3, npc_rate=2.0, duration=1.5))
+    n = r["npc"]
+    assert n["asked"] >= 3 and n["asked"] == npc.heard
+    assert n["started"] == n["asked"]
+    assert n["busy"] >= 1 and n["ends"].get("stop", 0) >= 1
+    assert n["busy"] + n["ends"]["stop"] == n["asked"]
+    assert n["ttft_ms"]["n"] == n["ends"]["stop"] and n["ttft_ms"]["p50"] >= 15  # one 20 ms token delay
+    assert n["itl_ms"]["n"] == 2 * n["ends"]["stop"] and n["itl_ms"]["p50"] >= 15
+    assert r["errors"] == {}
