@@ -9,7 +9,7 @@ import urllib.request
 import orjson
 from websockets.exceptions import ConnectionClosed
 
-from tests.server.wire import join, open_wire
+from tests.server.wire import close_all, join, open_wire
 
 
 async def test_sustained_error_flood_closes_4008_promptly(start_shard):
@@ -66,3 +66,22 @@ async def test_http_on_the_same_port(shard):
     assert status == 200 and ctype.startswith("text/plain") and b"# TYPE" in body
     status, ctype, body = await asyncio.to_thread(_get, shard.http_url.rstrip("/") + "/")
     assert status == 200 and "html" in ctype
+
+
+async def test_cross_shard_features_unavailable_while_broker_is_down(start_shard):
+    """With the MQTT broker unreachable, global/who/unknown-private answer `unavailable`
+    and are not delivered, while local chat and private lines to local players still work."""
+    async with start_shard(mqtt="mqtt://127.0.0.1:1") as s:  # port 1: connection refused
+        a = await join(s.ws_url)
+        b = await join(s.ws_url)
+        for i, msg in enumerate(({"t": "chat", "text": "to all", "channel": "global"},
+                                 {"t": "who"},
+                                 {"t": "chat", "text": "psst", "to": "somebody-elsewhere"})):
+            await a.send({**msg, "id": i})
+            err = await a.error()
+            assert (err["code"], err["re"]) == ("unavailable", i)
+        await a.send({"t": "chat", "text": "psst local", "to": b.welcome["name"]})
+        assert (await b.recv_type("chat", text="psst local"))["channel"] == "private"
+        await b.barrier()
+        assert [m["text"] for m in b.seen if m.get("t") == "chat"] == ["psst local"]
+        await close_all(a, b)
