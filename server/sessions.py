@@ -37,7 +37,9 @@ class Session:
         self.limits = Limits(settings)
         self.ack = 0          # highest move.seq applied on this connection
         self.sent_ack = 0     # the ack the client last got in a state
-        self.known: set[str] = set()  # entity ids the client holds (for full refreshes)
+        # While stale: the entity ids the client still holds (for the refresh's `leave`).
+        # None while the client is in step with the world's view of it.
+        self.known: set[str] | None = None
         self.stale = False    # skipped state while over the send-buffer limit
         self.over_since: float | None = None
         self.pose_dirty = False
@@ -47,7 +49,7 @@ class Session:
         self.conn = conn
         self.limits = Limits(settings)
         self.ack = self.sent_ack = 0
-        self.known = set()
+        self.known = None
         self.stale = False
         self.over_since = None
 

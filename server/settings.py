@@ -10,6 +10,7 @@ import logging
 import re
 from dataclasses import dataclass, field, fields
 
+from server.cluster import check_prefix, parse_broker_url
 from worldstate.tables import MAX_CHAT_TEXT as MAX_CHAT_STORED
 
 
@@ -58,8 +59,17 @@ class Settings:
 
     # Slow clients and persistence.
     send_buffer_limit: int = _opt(256 * 1024, "bytes queued to a client above which state is skipped")
+    send_buffer_max: int = _opt(4 * 1024 * 1024, "bytes queued to a client above which it is dropped at once")
     stuck_close_s: float = _opt(10.0, "seconds a client may stay over send_buffer_limit before it is dropped")
     pose_flush_s: float = _opt(2.0, "seconds between batched writes of player poses")
+
+    # --- Scale-out (server.mqtt): shards of one world joined through an MQTT broker. ---
+    mqtt: str | None = _opt(None, "MQTT broker URL mqtt://HOST:PORT joining the shards of one world "
+                                  "(default: none, this shard is a world of its own)")
+    mqtt_user: str | None = _opt(None, "MQTT user name (or put it in the URL)")
+    mqtt_password: str | None = _opt(None, "MQTT password (or put it in the URL)")
+    world_prefix: str = _opt("worldsmith", "MQTT topic prefix of this world; shards sharing it are one world")
+    # --- end of scale-out settings. ---
 
     def __post_init__(self) -> None:
         if not isinstance(self.admins, tuple):
@@ -86,11 +96,13 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_frame", "max_chat", "max_players", "send_buffer_limit"):
+        for name in ("max_frame", "max_chat", "max_players", "send_buffer_limit", "send_buffer_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_chat > MAX_CHAT_STORED:
             raise ValueError(f"max_chat must be <= {MAX_CHAT_STORED} (the chat log's limit), got {self.max_chat}")
+        if self.send_buffer_max < self.send_buffer_limit:
+            raise ValueError("send_buffer_max must be >= send_buffer_limit")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if self.tick_hz > 1000:
@@ -98,6 +110,9 @@ class Settings:
         for name in self.admins:
             if not re.fullmatch(self.name_pattern, name):
                 raise ValueError(f"admin {name!r} is not a valid player name")
+        if self.mqtt:  # scale-out: server.cluster parses and checks these
+            parse_broker_url(self.mqtt)
+        check_prefix(self.world_prefix)
 
     @property
     def tick_s(self) -> float:

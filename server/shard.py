@@ -182,8 +182,8 @@ class Shard:
         view = self.world.reset_view(session.pid)
         ids = {e.id for e in view}
         enter = [encode(e.to_wire()) for e in view]
-        leave = [encode(i) for i in session.known - ids]
-        session.known = ids
+        leave = [encode(i) for i in session.known - ids] if session.known else []
+        session.known = None
         session.stale = False
         frame = state_frame(self.tick_no, now_ms(), session.ack, enter, [], leave)
         if self.write(session, frame, "state"):

@@ -96,6 +96,8 @@ class Ticker:
             if session is None:
                 continue
             if not self._writable(session, mono):
+                if not session.stale:
+                    self._go_stale(session, diffs.get(pid))
                 shard.due.add(pid)  # look again next tick
                 continue
             if session.stale:
@@ -109,10 +111,6 @@ class Ticker:
             enter = [cache.entered(e) for e in diff.enter]
             upd = [cache.updated(e) for e in diff.upd]
             leave = [cache.left(i) for i in diff.leave]
-            if diff.enter:
-                session.known.update(e.id for e in diff.enter)
-            if diff.leave:
-                session.known.difference_update(diff.leave)
             self._send(session, state_frame(shard.tick_no, st, session.ack, enter, upd, leave))
         self._housekeeping(mono)
 
@@ -120,8 +118,18 @@ class Ticker:
         if self.shard.write(session, frame, "state"):
             session.sent_ack = session.ack
 
+    def _go_stale(self, session: Session, unsent) -> None:
+        """Start skipping state: remember what the client holds, i.e. the world's view
+        of it minus this tick's diff, which it will never get."""
+        known = self.shard.world.view_ids(session.pid)
+        if unsent is not None:
+            known.difference_update(e.id for e in unsent.enter)
+            known.update(unsent.leave)
+        session.known = known
+        session.stale = True
+
     def _writable(self, session: Session, mono: float) -> bool:
-        """False (and the view marked stale) while the client's send buffer is over the limit."""
+        """False while the client's send buffer is over the limit; drops it when stuck."""
         s = self.shard.settings
         transport = session.conn.transport
         if transport is None or transport.is_closing():
@@ -130,13 +138,14 @@ class Ticker:
         if size <= s.send_buffer_limit:
             session.over_since = None
             return True
-        session.stale = True
         self.shard.metrics.send_drops.inc()
         if session.over_since is None:
             session.over_since = mono
-        elif mono - session.over_since > s.stuck_close_s or size > 4 * s.send_buffer_limit:
-            log.warning("dropping %s: send buffer over send_buffer_limit=%d for %.1fs (stuck_close_s=%.1f)",
-                        session.pid, s.send_buffer_limit, mono - session.over_since, s.stuck_close_s)
+        stuck_for = mono - session.over_since
+        if stuck_for > s.stuck_close_s or size > s.send_buffer_max:
+            log.warning("dropping %s: %d bytes queued for %.1fs (send_buffer_limit=%d, "
+                        "stuck_close_s=%.1f, send_buffer_max=%d)", session.pid, size, stuck_for,
+                        s.send_buffer_limit, s.stuck_close_s, s.send_buffer_max)
             self.shard.metrics.stuck_drops.inc()
             transport.abort()  # a close frame would only queue behind what it can't read
         return False
