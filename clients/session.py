@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import time
+import logging
 from typing import Any, Callable
 
 import orjson
@@ -22,6 +22,8 @@ from clients.errors import Closed, CloseCode, ErrorReply, ProtocolViolation
 from clients.events import (Entity, Error, Event, NpcEnd, NpcStart, NpcToken, State, Welcome,
                             parse_event)
 from clients.replies import ReplyStream
+
+log = logging.getLogger("worldsmith.client")
 
 SUBPROTOCOL = "world.v1"
 # Frames from the shard can be large (a full view on entering a crowded area).
@@ -200,7 +202,10 @@ class Session:
                 except orjson.JSONDecodeError:
                     continue  # a shard bug must not kill the client; nothing to dispatch
                 if isinstance(msg, dict):
-                    self._dispatch(msg)
+                    try:
+                        self._dispatch(msg)
+                    except Exception:  # a bug here must not silently kill the reader
+                        log.exception("world client: failed to handle %.200r", msg)
         except ConnectionClosed:
             pass  # the close code is read below either way
         finally:
@@ -279,6 +284,7 @@ class Session:
         for _, future in self._expects:
             if not future.done():
                 future.set_exception(closed)
+                future.exception()  # mark retrieved: an abandoned expect must not log noise
         for stream in self._streams.values():
             stream._fail(closed)
         self._streams.clear()
