@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
+
 
 class Grid:
     """Uniform grid of square cells mapping cell -> set of keys (ints), with their x-z positions.
@@ -84,3 +86,129 @@ class Grid:
                 bucket = cells.get((cx, cz))
                 if bucket:
                     yield bucket
+
+
+class PairBand:
+    """Observer-entity pairs near the edge of the area of interest, checked in bulk each tick.
+
+    A Verlet neighbour list with a skin: `rebuild` keeps every (observer, entity) pair whose
+    x-z distance lies within `aoi ± skin`. Pairs closer than `aoi - skin` are surely in view,
+    pairs farther than `aoi + skin` surely out of it, for as long as no endpoint has moved more
+    than `LOOSE_FRACTION * skin` since the rebuild; the world treats such endpoints ("loose")
+    separately. So a tick only recomputes the band's pairs, in a few numpy passes, and the
+    whole view costs O(observers x entities near the boundary) instead of O(N^2).
+    """
+
+    # An endpoint that moved farther than this fraction of the skin no longer obeys the
+    # band's promise; two such moves together stay under one skin with room for rounding.
+    LOOSE_FRACTION = 0.45
+
+    __slots__ = ("aoi", "skin", "obs", "ent", "vis")
+
+    def __init__(self, aoi: float, skin: float) -> None:
+        if not (aoi > 0 and skin > 0):
+            raise ValueError(f"aoi and skin must be > 0, got {aoi!r}, {skin!r}")
+        self.aoi = float(aoi)
+        self.skin = float(skin)
+        self.obs = np.empty(0, np.int64)   # (P,) observer slot of each pair
+        self.ent = np.empty(0, np.int64)   # (P,) entity slot of each pair
+        self.vis = np.empty(0, np.bool_)   # (P,) in view at the last check
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    def rebuild(self, xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray) -> None:
+        """Recompute the band from positions `xs`, `zs` (indexed by slot).
+
+        `alive` holds the slots of entities in the world, `observers` those with a view.
+        """
+        outer = self.aoi + self.skin
+        inner = self.aoi - self.skin
+        owner, first, length, slots = _candidate_ranges(xs, zs, alive, observers, outer)
+        total = int(length.sum())
+        ends = np.cumsum(length)
+        # Expand the ranges: item k of range r sits at first[r] + k in `slots` order.
+        pos = np.arange(total, dtype=np.int64)
+        pos += np.repeat(first - (ends - length), length)
+        sx, sz = xs[slots], zs[slots]
+        dx = sx[pos]
+        dx -= np.repeat(xs[owner], length)
+        dz = sz[pos]
+        dz -= np.repeat(zs[owner], length)
+        dx *= dx
+        dz *= dz
+        d2 = dx
+        d2 += dz                                           # (total,) squared x-z distances
+        keep = d2 <= outer * outer
+        if inner > 0:
+            keep &= d2 > inner * inner
+        idx = np.flatnonzero(keep)
+        self.obs = owner[np.searchsorted(ends, idx, side="right")]
+        self.ent = slots[pos[idx]]
+        self.vis = d2[idx] <= self.aoi * self.aoi
+
+    def changes(self, xs: np.ndarray, zs: np.ndarray, loose: np.ndarray | None):
+        """Pairs whose in-view state flipped since the last call: (observers, entities, now_visible).
+
+        `loose` (bool per slot, or None) masks pairs with a loose endpoint; their state here
+        goes stale and is not reported (the world handles them, and the next rebuild resets them).
+        """
+        if not len(self.obs):
+            return [], [], []
+        dx = xs[self.obs] - xs[self.ent]
+        dz = zs[self.obs] - zs[self.ent]
+        vis = (dx * dx + dz * dz) <= self.aoi * self.aoi
+        flipped = vis != self.vis
+        if loose is not None:
+            flipped &= ~(loose[self.obs] | loose[self.ent])
+        idx = np.flatnonzero(flipped)
+        if not len(idx):
+            return [], [], []
+        now = vis[idx]
+        self.vis[idx] = now
+        return self.obs[idx].tolist(), self.ent[idx].tolist(), now.tolist()
+
+
+def _candidate_ranges(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,
+                      radius: float):
+    """Where to look for each observer's neighbours within `radius`, all in numpy.
+
+    Sorts the `alive` slots by grid cell (cells `radius / 2` wide) and returns
+    `(owner, first, length, slots)`: range r covers `slots[first[r] : first[r] + length[r]]`,
+    the entities of one column of the 5x5 cells around observer `owner[r]`, so the ranges
+    hold every entity within `radius` of each observer (and some more).
+    """
+    if not len(alive) or not len(observers):
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty, empty
+    ex, ez = xs[alive], zs[alive]
+    minx, minz = float(ex.min()), float(ez.min())
+    # Half-radius cells waste less of the 5x5 square than radius cells do of a 3x3 one. Widen
+    # them when entities are scattered very far apart (a teleport has no bounds) so the cell
+    # table stays proportional to N.
+    reach = 2
+    cell = radius / reach
+    span = max(float(ex.max()) - minx, float(ez.max()) - minz)
+    limit = 4 * len(alive) + 1024
+    while (span / cell + 1) ** 2 > limit:
+        cell *= 2
+    cx = ((ex - minx) // cell).astype(np.int64)          # (N,)
+    cz = ((ez - minz) // cell).astype(np.int64)
+    ncx, ncz = int(cx.max()) + 1, int(cz.max()) + 1
+    key = cx * ncz + cz
+    order = np.argsort(key, kind="stable")
+    starts = np.searchsorted(key[order], np.arange(ncx * ncz + 1))  # cell c: [starts[c], starts[c+1])
+    ocx = ((xs[observers] - minx) // cell).astype(np.int64)  # (M,)
+    ocz = ((zs[observers] - minz) // cell).astype(np.int64)
+    lo = np.maximum(ocz - reach, 0)
+    hi = np.minimum(ocz + reach, ncz - 1)
+    firsts, lasts, owners = [], [], []
+    for dcol in range(-reach, reach + 1):
+        col = ocx + dcol
+        ok = (col >= 0) & (col < ncx)
+        # Cells of one column are contiguous in key order: one range per column.
+        firsts.append(starts[col[ok] * ncz + lo[ok]])
+        lasts.append(starts[col[ok] * ncz + hi[ok] + 1])
+        owners.append(observers[ok])
+    first = np.concatenate(firsts)
+    return np.concatenate(owners), first, np.concatenate(lasts) - first, alive[order]

@@ -1,13 +1,15 @@
 """The world: entities, authoritative movement, and per-observer views computed once per tick."""
 from __future__ import annotations
 
-import math
+from collections import defaultdict
+
+import numpy as np
 
 from worldstate.config import WorldConfig
 from worldstate.entities import Entity, Pose
 from worldstate.errors import DuplicateEntity, InvalidEntity, UnknownEntity
 from worldstate.movement import clamp_move
-from worldstate.spatial import Grid
+from worldstate.spatial import Grid, PairBand
 from worldstate.views import ViewDiff
 
 
@@ -16,10 +18,23 @@ class World:
 
     Pure and synchronous: commands (`add`, `move`, `watch`...) change state at once; `tick()`
     turns everything that happened since the previous tick into per-observer `ViewDiff`s.
-    Internally every entity has an int slot; views and their reverse index are sets of slots.
+
+    How a tick stays cheap: every entity has an int slot; each observer's view is a set of
+    slots, with the reverse index (who sees this slot) beside it. Pairs near the edge of an
+    area of interest live in a `PairBand` checked in bulk with numpy; pairs deep inside or far
+    outside cannot change until an endpoint drifts by part of the band's `skin`. Endpoints
+    that drifted, were added, teleported, or started a view are "loose" and get exact grid
+    queries until the band is rebuilt (when too many are loose or drifting). `upd` comes from
+    the reverse index of entities that moved, so no observer scans what did not change.
     """
 
-    def __init__(self, config: WorldConfig) -> None:
+    def __init__(self, config: WorldConfig, *, skin: float | None = None,
+                 rebuild_limit: int | None = None) -> None:
+        """A world for `config`.
+
+        `skin` (metres, default aoi/10) and `rebuild_limit` (loose or drifting entities that
+        trigger a band rebuild; default 8 + 1/64 of the population) tune speed, never results.
+        """
         self.config = config
         self.aoi = float(config.aoi)
         self._r2 = self.aoi * self.aoi
@@ -37,6 +52,21 @@ class World:
         self._ogrid = Grid(self.aoi / 2)        # observers only
         self._moved: dict[int, Pose] = {}       # slot -> its pose at the previous tick
         self._pending: dict[int, list[str]] = {}  # observer slot -> ids removed from its view
+        skin = self.aoi / 10 if skin is None else float(skin)
+        if not skin > 0:
+            raise ValueError(f"skin must be > 0, got {skin!r}")
+        self._band = PairBand(self.aoi, skin)
+        self._loose_d2 = (PairBand.LOOSE_FRACTION * skin) ** 2
+        # Rebuild a little before entities turn loose, while the band still covers them.
+        self._drift_d2 = (0.6 * PairBand.LOOSE_FRACTION * skin) ** 2
+        self._ax: list[float] = []               # slot -> x at the last rebuild
+        self._az: list[float] = []
+        self._loose: set[int] = set()
+        self._drifting: set[int] = set()
+        self._limbo: list[int] = []              # freed slots, reusable after the next rebuild
+        if rebuild_limit is not None and rebuild_limit < 0:
+            raise ValueError(f"rebuild_limit must be >= 0, got {rebuild_limit!r}")
+        self._rebuild_limit = rebuild_limit
 
     # --- entities -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -65,16 +95,21 @@ class World:
             self._ents[s] = entity
             self._xs[s] = entity.pose.x
             self._zs[s] = entity.pose.z
+            self._ax[s] = entity.pose.x
+            self._az[s] = entity.pose.z
             self._last_ms[s] = None
         else:
             s = len(self._ents)
             self._ents.append(entity)
             self._xs.append(entity.pose.x)
             self._zs.append(entity.pose.z)
+            self._ax.append(entity.pose.x)
+            self._az.append(entity.pose.z)
             self._last_ms.append(None)
             self._watchers.append(set())
         self._slot[entity.id] = s
         self._grid.insert(s, entity.pose.x, entity.pose.z)
+        self._loose.add(s)
 
     def remove(self, entity_id: str) -> Entity | None:
         """Take an entity out of the world (and stop its view); it leaves every view that held it."""
@@ -92,7 +127,9 @@ class World:
         self._grid.remove(s)
         self._moved.pop(s, None)
         self._ents[s] = None
-        self._free.append(s)
+        # The band may still name this slot: keep it loose and unused until the next rebuild.
+        self._loose.add(s)
+        self._limbo.append(s)
         return ent
 
     def _require(self, entity_id: str) -> int:
@@ -138,6 +175,14 @@ class World:
             self._grid.update(s, x, z)
             if s in self._views:
                 self._ogrid.update(s, x, z)
+            if s not in self._loose:
+                dx = x - self._ax[s]
+                dz = z - self._az[s]
+                d2 = dx * dx + dz * dz
+                if d2 > self._drift_d2:
+                    self._drifting.add(s)
+                    if d2 > self._loose_d2:
+                        self._loose.add(s)
 
     # --- queries --------------------------------------------------------------------------
     def near(self, x: float, z: float, radius: float, kind: str | None = None) -> list[Entity]:
@@ -185,6 +230,7 @@ class World:
             return
         self._views[s] = set()
         self._ogrid.insert(s, self._xs[s], self._zs[s])
+        self._loose.add(s)
 
     def unwatch(self, observer_id: str) -> None:
         """Drop an entity's view (no-op when it has none); it gets no more diffs."""
@@ -198,6 +244,7 @@ class World:
             watchers[s].discard(o)
         self._pending.pop(o, None)
         self._ogrid.remove(o)
+        self._loose.add(o)
 
     def is_watching(self, observer_id: str) -> bool:
         """True when this entity currently has a view."""
@@ -226,6 +273,7 @@ class World:
             watchers[s].add(o)
         self._views[o] = new
         self._pending.pop(o, None)
+        self._loose.add(o)  # its band pairs are stale now; exact queries until the next rebuild
         ents = self._ents
         return [ents[s] for s in new]
 
@@ -233,36 +281,13 @@ class World:
     def tick(self) -> dict[str, ViewDiff]:
         """Turn all changes since the previous tick into view diffs, keyed by observer id.
 
-        Only observers whose view changed are returned.
+        Only observers whose view changed are returned. Call once per shard tick.
         """
         ents, watchers, views = self._ents, self._watchers, self._views
         out: dict[int, ViewDiff] = {}
-        for o, view in views.items():
-            new = self._exact_view(o)
-            entered = new - view
-            left = view - new
-            if entered or left:
-                d = out[o] = ViewDiff()
-                for s in entered:
-                    watchers[s].add(o)
-                    d.enter.append(ents[s])
-                for s in left:
-                    watchers[s].discard(o)
-                    d.leave.append(ents[s].id)
-                views[o] = new
-        for s, before in self._moved.items():
-            ent = ents[s]
-            if ent.pose == before:
-                continue  # moved and came back within the tick: nothing to tell
-            for o in watchers[s]:
-                d = out.get(o)
-                if d is None:
-                    d = out[o] = ViewDiff()
-                d.upd.append(ent)
-        for o, d in out.items():
-            if d.enter and d.upd:
-                entered_ids = {id(e) for e in d.enter}
-                d.upd = [e for e in d.upd if id(e) not in entered_ids]
+        xy = self._flip_band(out) if views else None
+        self._flip_loose(out)
+        self._add_updates(out)
         for o, gone in self._pending.items():
             d = out.get(o)
             if d is None:
@@ -274,4 +299,105 @@ class World:
             d.leave.extend(gone)
         self._pending = {}
         self._moved = {}
+        limit = self._rebuild_limit
+        if limit is None:
+            limit = 8 + len(self._slot) // 64
+        if len(self._loose) > limit or len(self._drifting) > limit:
+            self._rebuild(xy)
         return {ents[o].id: d for o, d in out.items() if d}
+
+    def _enter(self, out: dict[int, ViewDiff], o: int, s: int) -> None:
+        self._views[o].add(s)
+        self._watchers[s].add(o)
+        d = out.get(o)
+        if d is None:
+            d = out[o] = ViewDiff()
+        d.enter.append(self._ents[s])
+
+    def _leave(self, out: dict[int, ViewDiff], o: int, s: int) -> None:
+        self._views[o].discard(s)
+        self._watchers[s].discard(o)
+        d = out.get(o)
+        if d is None:
+            d = out[o] = ViewDiff()
+        d.leave.append(self._ents[s].id)
+
+    def _flip_band(self, out: dict[int, ViewDiff]) -> tuple[np.ndarray, np.ndarray]:
+        """Enter/leave for band pairs whose endpoints are both settled; returns the position arrays."""
+        xs = np.array(self._xs, dtype=np.float64)
+        zs = np.array(self._zs, dtype=np.float64)
+        if len(self._band):
+            mask = None
+            if self._loose:
+                mask = np.zeros(len(xs), np.bool_)
+                mask[np.fromiter(self._loose, np.int64, len(self._loose))] = True
+            for o, s, now in zip(*self._band.changes(xs, zs, mask)):
+                if now:
+                    self._enter(out, o, s)
+                else:
+                    self._leave(out, o, s)
+        return xs, zs
+
+    def _flip_loose(self, out: dict[int, ViewDiff]) -> None:
+        """Exact grid queries for pairs with a loose endpoint (each pair handled exactly once)."""
+        loose, ents, watchers, views = self._loose, self._ents, self._watchers, self._views
+        if not loose or not views:
+            return
+        xs, zs, aoi = self._xs, self._zs, self.aoi
+        # Loose entity, settled observer.
+        for s in loose:
+            if ents[s] is None:
+                continue  # removed: its leaves were queued at once
+            near = {o for _, o in self._within(self._ogrid, xs[s], zs[s], aoi) if o not in loose}
+            had = {o for o in watchers[s] if o not in loose}
+            for o in near - had:
+                self._enter(out, o, s)
+            for o in had - near:
+                self._leave(out, o, s)
+        # Loose observer, any entity.
+        for o in loose:
+            view = views.get(o)
+            if view is None:
+                continue
+            new = self._exact_view(o)
+            for s in new - view:
+                self._enter(out, o, s)
+            for s in view - new:
+                self._leave(out, o, s)
+
+    def _add_updates(self, out: dict[int, ViewDiff]) -> None:
+        """`upd` for every watcher of an entity whose pose changed (not those it just entered for)."""
+        ents, watchers, moved = self._ents, self._watchers, self._moved
+        # The hot loop of a busy tick: one dict lookup and one append per (mover, watcher).
+        upd: defaultdict[int, list[Entity]] = defaultdict(list)
+        for s, before in moved.items():
+            ent = ents[s]
+            if ent.pose == before:
+                continue  # moved and came back within the tick: nothing to tell
+            for o in watchers[s]:
+                upd[o].append(ent)
+        slot = self._slot
+        for o, items in upd.items():
+            d = out.get(o)
+            if d is None:
+                out[o] = ViewDiff(upd=items)
+                continue
+            d.upd = items
+            for e in d.enter:
+                before = moved.get(slot[e.id])
+                if before is not None and before != e.pose:
+                    items.remove(e)  # it entered this tick: `enter` already has its pose
+
+    def _rebuild(self, xy: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Rebuild the band from current positions; everything is settled again afterwards."""
+        if xy is None:
+            xy = (np.array(self._xs, dtype=np.float64), np.array(self._zs, dtype=np.float64))
+        alive = np.fromiter(self._slot.values(), np.int64, len(self._slot))
+        observers = np.fromiter(self._views.keys(), np.int64, len(self._views))
+        self._band.rebuild(xy[0], xy[1], alive, observers)
+        self._ax = list(self._xs)
+        self._az = list(self._zs)
+        self._loose.clear()
+        self._drifting.clear()
+        self._free.extend(self._limbo)
+        self._limbo.clear()
