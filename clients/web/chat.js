@@ -99,7 +99,7 @@ export class ChatPanel {
 
   _onNpcStart(m) {
     const toMe = m.to === this.model.you;
-    const entry = { kind: "npc", reply: m.reply, npc: m.npc, name: m.name, to: m.to, text: "", done: false };
+    const entry = { kind: "npc", reply: m.reply, npc: m.npc, name: m.name, to: m.to, text: "", pieces: 0, done: false };
     const el = this._add(entry, `${m.name}${toMe ? "" : ` (to ${this._nameOf(m.to)})`}:`);
     const textEl = el.querySelector(".text");
     let stopEl = null;
@@ -120,6 +120,7 @@ export class ChatPanel {
     const r = this.replies.get(m.reply);
     if (!r) return;
     r.entry.text += m.text;
+    r.entry.pieces += 1;
     r.textEl.textContent = r.entry.text;
     this._scroll();
   }

@@ -59,7 +59,7 @@ export function describeError(err, request) {
   const about = request || {};
   switch (err.code) {
     case "rate_limited":
-      if (about.kind === "npc") return `${about.name} is still answering you. Wait for them to finish, or press Stop.`;
+      if (about.kind === "npc") return "Someone is still answering you. Wait for them to finish, or press Stop.";
       if (about.kind === "move") return "You are moving faster than the world allows.";
       return "Slow down a little: you are sending messages too fast.";
     case "not_found":

@@ -47,6 +47,7 @@ class ShardThread:
     """A shard served from a daemon thread; `restart()` brings it back on the same port and DB."""
 
     settings: Settings
+    npcs: object = None       # a callable making a fresh NpcHook for each start, or None
     port: int = 0
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -70,8 +71,12 @@ class ShardThread:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             try:
-                async with run_shard(self.settings) as shard:
+                hook = self.npcs() if self.npcs else None
+                async with run_shard(self.settings, npcs=hook) as shard:
                     self.port = shard.port
+                    if hook is not None and hasattr(hook, "ready"):
+                        # NPCs answer `busy` until their engine has loaded.
+                        await asyncio.wait_for(hook.ready.wait(), START_TIMEOUT_S)
                     ready.set()
                     await self._stop.wait()
             except BaseException as exc:  # reported to the test thread below
@@ -109,10 +114,10 @@ def _web_client_installed() -> bool:
     return (WEB / "node_modules" / "three" / "build" / "three.module.js").is_file()
 
 
-def _shard_settings(db_dir: Path) -> Settings:
+def _shard_settings(db_dir: Path, **overrides) -> Settings:
     # The shard serves clients/web/ by default: the very files under test.
     return Settings(host="127.0.0.1", port=0, db=f"sqlite:///{db_dir / 'world.db'}", shard="web",
-                    log_level="WARNING")
+                    log_level="WARNING", **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,143 @@
+"""NPC answers in the browser client: a real shard with our NPC service on the tiny test model
+(random weights, so the words are nonsense, but they stream exactly like real ones), driven
+from real Chromium by typing `@Name ...` into the chat box."""
+from __future__ import annotations
+
+import pytest
+
+from tests.clients.conftest import ShardThread, _shard_settings, _web_client_installed, join, unique_name
+
+pytestmark = pytest.mark.timeout(120)
+
+# Spawn at the origin between two NPCs in talking range: a terse guard and a sage whose
+# answers are long enough to stop halfway.
+WORLD = """
+[world]
+name = "WebTestField"
+bounds = [-50.0, -50.0, 50.0, 50.0]
+spawn = [0.0, 0.0, 0.0]
+spawn_radius = 0.0
+aoi = 30.0
+shout_range = 40.0
+talk_range = 6.0
+speed = 6.0
+
+[[npcs]]
+id = "guard"
+name = "Guard"
+x = 2.0
+y = 0.0
+z = 0.0
+persona = "A quiet test guard."
+reply_tokens = 24
+
+[[npcs]]
+id = "sage"
+name = "Old Sage"
+x = -2.0
+y = 0.0
+z = 0.0
+persona = "A test sage who never stops talking."
+reply_tokens = 512
+"""
+
+# Records each text the NPC's line shows while it is still streaming, to prove the panel
+# grows piece by piece rather than appearing whole at the end.
+WATCH_STREAM = """
+() => {
+  window.__seenWhileStreaming = [];
+  new MutationObserver(() => {
+    for (const el of document.querySelectorAll('#chat-log .line.npc.streaming .text')) {
+      const seen = window.__seenWhileStreaming;
+      if (el.textContent && seen[seen.length - 1] !== el.textContent) seen.push(el.textContent);
+    }
+  }).observe(document.querySelector('#chat-log'), {childList: true, subtree: true, characterData: true});
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def npc_shard(tmp_path_factory):
+    """A real shard whose NPCs answer through npc.service with the tiny model."""
+    from npc.service import NpcService, NpcSettings
+
+    if not _web_client_installed():
+        pytest.fail("three.js is not installed: run `npm install` in clients/web (scripts/setup.sh does)")
+    folder = tmp_path_factory.mktemp("web-npc")
+    (folder / "world.toml").write_text(WORLD, encoding="utf-8")
+    settings = _shard_settings(folder, world=str(folder / "world.toml"))
+    s = ShardThread(settings, npcs=lambda: NpcService(NpcSettings(model="tiny", soft_stop=1.0,
+                                                                   context_tokens=1024)))
+    s.start()
+    yield s
+    s.stop()
+
+
+def npc_line(page, who: str) -> dict | None:
+    """The latest NPC answer line from `who` in the page's chat panel."""
+    return page.evaluate("(n) => window.worldsmith.chatLines.filter(l => l.kind === 'npc' && l.name === n).pop()"
+                         " || null", who)
+
+
+def test_npc_answer_streams_into_the_panel_piece_by_piece(npc_shard, open_page):
+    """`@Guard ...` reaches the guard by id; its answer shows in the panel as it streams, ends
+    with the full text the shard sent, and its Stop button goes away when it is done."""
+    page = open_page()
+    you = join(page, npc_shard.http_url, unique_name("ivy"))
+    page.evaluate(WATCH_STREAM)
+    page.fill("#chat-input", "@Guard hello, who goes there?")
+    page.press("#chat-input", "Enter")
+    page.wait_for_function("() => window.worldsmith.chatLines.some(l => l.kind === 'npc' && l.done)",
+                           timeout=60_000)
+    said = page.evaluate("window.worldsmith.chatLines.find(l => l.kind === 'chat' && l.to)")
+    assert said["to"] == "n:guard" and said["text"] == "hello, who goes there?"
+    line = npc_line(page, "Guard")
+    assert line["to"] == you and line["reason"] in ("stop", "length")
+    assert line["pieces"] >= 2 and line["text"]
+    seen = page.evaluate("window.__seenWhileStreaming")
+    # Partial texts were on screen before the end, each a prefix of the final answer.
+    assert len(seen) >= 2 and all(line["text"].startswith(s) for s in seen), seen
+    assert line["text"] in page.inner_text("#chat-log")
+    assert page.locator("#chat-log button.stop").count() == 0
+
+
+# A player with quick fingers: presses the Stop button as soon as the answer has started
+# showing text (a real click on the real button, just sooner than a test driver could).
+STOP_QUICKLY = """
+() => new MutationObserver((_, obs) => {
+  const line = document.querySelector('#chat-log .line.npc.streaming');
+  if (line && line.querySelector('.text').textContent) {
+    line.querySelector('button.stop').click();
+    obs.disconnect();
+  }
+}).observe(document.querySelector('#chat-log'), {childList: true, subtree: true, characterData: true})
+"""
+
+# Two lines sent from the chat box back to back, so the second arrives while the first
+# answer is surely still in flight.
+ASK_TWICE = """
+([first, second]) => {
+  const input = document.querySelector('#chat-input'), form = document.querySelector('#chat-form');
+  input.value = first; form.requestSubmit();
+  input.value = second; form.requestSubmit();
+}
+"""
+
+
+def test_stop_button_cancels_an_answer_and_a_second_question_waits(npc_shard, open_page):
+    """A second @line while an answer is in flight is refused in plain words; the Stop button
+    ends the answer as cancelled and the panel says it was stopped."""
+    page = open_page()
+    join(page, npc_shard.http_url, unique_name("jon"))
+    page.evaluate(STOP_QUICKLY)
+    page.evaluate(ASK_TWICE, ["@Old Sage tell me everything you know", "@Guard and you?"])
+    page.wait_for_function("() => window.worldsmith.chatLines.some(l => l.kind === 'error'"
+                           " && l.text.includes('still answering you'))", timeout=60_000)
+    page.wait_for_function("() => window.worldsmith.chatLines.some(l => l.kind === 'npc' && l.done)",
+                           timeout=60_000)
+    line = npc_line(page, "Old Sage")
+    assert line["reason"] == "cancelled", line
+    assert line["pieces"] >= 1
+    assert "(stopped)" in page.inner_text("#chat-log")
+    assert page.locator("#chat-log button.stop").count() == 0
+    assert npc_line(page, "Guard") is None
