@@ -1,0 +1,169 @@
+"""`python -m npc.worker`: the engine as a standalone worker behind the queue messages.
+
+`Worker` is transport-free: feed it decoded messages with `handle()`, and it answers
+through the `send` callable it was given (accepted/rejected, pieces, done), exactly the
+schema of `npc.queue`. The MQTT transport (scale-out issue) will plug in here; until then
+the command speaks JSON lines: one message per line on stdin, replies on stdout, logs on
+stderr. End of input stops the worker after cancelling what is in flight.
+
+    echo '{"t":"generate","id":"r1","messages":[{"role":"user","content":"Hi"}],"sampling":{"temperature":0}}' \\
+      | python -m npc.worker --model tiny
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from npc.engine.errors import EngineError
+from npc.queue import Cancel, GenerateRequest, InProcessQueue, NpcQueue, Rejected, WireError, parse, rejection
+
+log = logging.getLogger("npc.worker")
+
+Send = Callable[[dict[str, Any]], None]
+
+
+class Worker:
+    """Serves queue messages with an NpcQueue; one pump task per request in flight."""
+
+    def __init__(self, queue: NpcQueue, send: Send) -> None:
+        self.queue = queue
+        self.send = send
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+
+    async def handle(self, obj: Any) -> None:
+        """Act on one incoming message (generate or cancel); malformed ones get `rejected`."""
+        try:
+            msg = parse(obj)
+        except WireError as e:
+            rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else ""
+            self.send(Rejected(rid, "invalid", str(e)).to_wire())
+            return
+        if isinstance(msg, Cancel):
+            await self.queue.cancel(msg.request_id)
+        elif isinstance(msg, GenerateRequest):
+            await self._generate(msg)
+        else:
+            self.send(Rejected(msg.request_id, "invalid", f"a worker does not accept {type(msg).__name__}").to_wire())
+
+    async def _generate(self, req: GenerateRequest) -> None:
+        if req.request_id in self._pumps:
+            self.send(Rejected(req.request_id, "invalid", "request id already in flight").to_wire())
+            return
+        try:
+            await self.queue.submit(req)
+        except (EngineError, ValueError) as e:
+            self.send(rejection(req.request_id, e).to_wire())
+            return
+        self.send({"t": "accepted", "id": req.request_id})
+        task = asyncio.create_task(self._pump(req.request_id), name=f"npc-pump-{req.request_id}")
+        self._pumps[req.request_id] = task
+
+    async def _pump(self, request_id: str) -> None:
+        try:
+            async for reply in self.queue.stream(request_id):
+                self.send(reply.to_wire())
+        except Exception:
+            log.exception("streaming request %s failed", request_id)
+            self.send({"t": "done", "id": request_id, "text": "", "finish_reason": "error", "prompt_tokens": 0,
+                       "completion_tokens": 0, "ttft_s": None, "total_s": 0.0, "detail": "worker failure"})
+        finally:
+            self._pumps.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pumps)
+
+    async def drain(self) -> None:
+        """Wait until every request in flight has sent its `done`."""
+        while self._pumps:
+            await asyncio.gather(*list(self._pumps.values()), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel everything in flight (each still sends its `done`), then close the queue."""
+        for rid in list(self._pumps):
+            await self.queue.cancel(rid)
+        await self.drain()
+        await self.queue.aclose()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m npc.worker", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="GGUF file or HF directory; 'tiny' for the test model; "
+                                                  "default: the bundled default model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--max-running", type=int, default=32)
+    p.add_argument("--max-waiting", type=int, default=64)
+    p.add_argument("--kv-budget-mb", type=float, default=512.0)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    return p
+
+
+def build_engine(args: argparse.Namespace):
+    """The Engine the command line asks for (blocking: loads weights)."""
+    from npc.engine.engine import Engine, EngineSettings
+
+    settings = EngineSettings(max_running=args.max_running, max_waiting=args.max_waiting,
+                              kv_budget_mb=args.kv_budget_mb, max_model_len=args.max_model_len,
+                              device=args.device, dtype=args.dtype, threads=args.threads)
+    if args.model == "tiny":
+        from npc.engine.tiny import tiny_model, tiny_tokenizer
+
+        return Engine(tiny_model(), tiny_tokenizer(), settings)
+    return Engine.from_path(args.model, settings)
+
+
+async def serve_stdio(worker: Worker) -> None:
+    """Read JSON lines from stdin until it closes; replies go out through the worker's send."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**22)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            worker.send(Rejected("", "invalid", f"not JSON: {e}").to_wire())
+            continue
+        await worker.handle(obj)
+    await worker.drain()  # input ended: finish what was asked, then stop
+
+
+def _write_line(obj: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    engine = await asyncio.to_thread(build_engine, args)
+    engine.start()
+    worker = Worker(InProcessQueue(engine), _write_line)
+    log.info("npc worker ready: model %s on %s; JSON lines on stdin/stdout", args.model or "default",
+             engine.core.runner.device)
+    try:
+        await serve_stdio(worker)
+    finally:
+        await worker.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m npc.worker`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(_main(args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
