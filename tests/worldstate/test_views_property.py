@@ -165,14 +165,14 @@ def check_tick(world, oracle, clients, reset_since_tick) -> None:
         assert world.view_ids(oid) == set(truth[oid])
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world_params, st.lists(op, min_size=1, max_size=80))
 def test_tick_diffs_match_oracle(params, ops):
     """Random command sequences: every tick's diffs equal the oracle's and rebuild the true view."""
     run(params, ops)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(world_params, st.lists(st.one_of(
     st.tuples(st.just("add"), st.sampled_from(KINDS), coord, coord),
     st.tuples(st.just("watch"), st.integers(0, 40)),

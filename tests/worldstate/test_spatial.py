@@ -1,0 +1,79 @@
+"""The spatial index pieces: the uniform Grid and the numpy PairBand, against brute force."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from worldstate.spatial import Grid, PairBand
+
+
+def test_grid_candidates_cover_every_key_in_range():
+    """Every key within the radius is in some yielded cell, after inserts, moves and removals."""
+    rng = random.Random(3)
+    g = Grid(7.0)
+    pos = {}
+    for k in range(300):
+        pos[k] = (rng.uniform(-50, 50), rng.uniform(-50, 50))
+        g.insert(k, *pos[k])
+    for k in range(0, 300, 3):
+        pos[k] = (rng.uniform(-80, 80), rng.uniform(-80, 80))
+        g.update(k, *pos[k])
+    for k in range(1, 300, 5):
+        g.remove(k)
+        del pos[k]
+    g.remove(1)  # absent: no-op
+    assert len(g) == len(pos) and 0 in g and 1 not in g
+    for _ in range(50):
+        x, z, r = rng.uniform(-90, 90), rng.uniform(-90, 90), rng.uniform(0, 40)
+        seen = set().union(*g.candidates(x, z, r))
+        want = {k for k, (a, b) in pos.items() if (a - x) ** 2 + (b - z) ** 2 <= r * r}
+        assert want <= seen
+    # A query wider than the populated area walks occupied cells, still covering everything.
+    assert set().union(*g.candidates(0, 0, 1e6)) == set(pos)
+
+
+def test_grid_rejects_bad_cell_size():
+    """A grid needs a positive finite cell size."""
+    with pytest.raises(ValueError):
+        Grid(0)
+    with pytest.raises(ValueError):
+        Grid(float("inf"))
+
+
+@pytest.mark.parametrize("aoi,skin", [(10.0, 1.0), (10.0, 12.0), (3.0, 0.5)])
+def test_band_holds_exactly_the_pairs_near_the_edge(aoi, skin):
+    """rebuild() keeps exactly the (observer, entity) pairs with aoi-skin < d <= aoi+skin, flagged by d <= aoi."""
+    rng = np.random.default_rng(5)
+    n = 400
+    xs = rng.uniform(-40, 40, n).round(1)  # rounded: exact-boundary distances occur
+    zs = rng.uniform(-40, 40, n).round(1)
+    alive = np.arange(0, n, 2)              # odd slots are "dead" and must never appear
+    observers = alive[:60]
+    band = PairBand(aoi, skin)
+    band.rebuild(xs, zs, alive, observers)
+    got = {(int(o), int(e)): bool(v) for o, e, v in zip(band.obs, band.ent, band.vis)}
+    assert len(got) == len(band)
+    want = {}
+    lo, hi = (aoi - skin) ** 2 if aoi > skin else -1.0, (aoi + skin) ** 2
+    for o in observers.tolist():
+        for e in alive.tolist():
+            dx, dz = xs[e] - xs[o], zs[e] - zs[o]
+            d2 = dx * dx + dz * dz
+            if lo < d2 <= hi:
+                want[(o, e)] = d2 <= aoi * aoi
+    assert got == want
+
+
+def test_band_reports_flips_and_masks_loose_pairs():
+    """changes() reports pairs that crossed the aoi once, skipping pairs with a loose endpoint."""
+    xs = np.array([0.0, 9.0, 11.0, 0.0])
+    zs = np.zeros(4)
+    band = PairBand(10.0, 3.0)
+    band.rebuild(xs, zs, np.arange(4), np.array([0, 3]))
+    xs[1], xs[2] = 10.5, 9.5      # 1 leaves, 2 enters (for both observers)
+    loose = np.array([False, False, False, True])
+    obs, ent, now = band.changes(xs, zs, loose)
+    assert sorted(zip(obs, ent, now)) == [(0, 1, False), (0, 2, True)]
+    assert band.changes(xs, zs, loose) == ([], [], [])
