@@ -60,8 +60,9 @@ async def test_no_hello_within_timeout_closes_4000(start_shard):
 
 async def test_first_message_not_hello_closes_4000(shard):
     """Any message before `hello` is a protocol violation: close 4000."""
-    code, _, _ = await refused(shard.ws_url, {"t": "ping", "ct": 1})
+    code, _, seen = await refused(shard.ws_url, {"t": "ping", "ct": 1})
     assert code == 4000
+    assert [m["t"] for m in seen] == ["error"]  # Worldsmith says why before closing
 
 
 async def test_guest_joins_with_a_name_alone(shard):
@@ -151,10 +152,10 @@ async def test_forged_token_closes_4001(shard):
 
 async def test_expired_token_closes_4001(start_shard):
     """A token older than the token lifetime is refused with 4001."""
-    async with start_shard(token_ttl_s=1.0) as s:
+    async with start_shard(token_ttl_s=0.3) as s:
         a = await join(s.ws_url)
         await a.close()
-        await asyncio.sleep(2.1)  # the quantity under test is elapsed time, not an event
+        await asyncio.sleep(0.5)  # the quantity under test is elapsed time, not an event
         code, _, _ = await refused(s.ws_url, {"t": "hello", "v": 1, "name": "x",
                                               "token": a.welcome["token"]})
         assert code == 4001
@@ -198,3 +199,15 @@ async def test_names_outside_the_rules_get_no_welcome(shard):
     ok = await join(shard.ws_url, "A-z_09" + unique_name("")[:10])
     assert ok.welcome["name"].startswith("A-z_09")
     await ok.close()
+
+
+async def test_second_hello_is_invalid_and_changes_nothing(shard):
+    """A `hello` on an accepted connection is `invalid` (field t); the session goes on."""
+    w = await join(shard.ws_url)
+    await w.send({"t": "hello", "v": 1, "name": unique_name("other"), "id": "again"})
+    err = await w.error()
+    assert (err["code"], err.get("field"), err["re"]) == ("invalid", "t", "again")
+    await w.send({"t": "who", "id": "w"})
+    who = await w.recv_type("who")
+    assert [p["id"] for p in who["players"]] == [w.you]
+    await w.close()
