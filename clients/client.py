@@ -14,6 +14,7 @@ The connection plumbing (reader task, local view, event queue) is in `clients.se
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from clients.errors import ClientError, Closed, CloseCode, ErrorReply, ProtocolViolation
@@ -58,6 +59,43 @@ class WorldClient(Session):
         if seq in self._move_errors:
             raise self._move_errors[seq]
         return self.pose
+
+    async def walk_to(self, x: float, z: float, *, within: float = 0.0, y: float | None = None,
+                      timeout: float | None = None) -> Entity:
+        """Walk towards (x, z) at the speed limit, one move per tick, and return own entity
+        once within `within` metres (x-z) of the spot, clamped into the world's bounds.
+
+        Each step waits for the shard's ack, so the pace follows its ticks and the shard's
+        pose is the truth. Raises `ErrorReply` if a step is refused, `Closed`, or
+        `TimeoutError` after `timeout` seconds (default: the client's).
+        """
+        minx, minz, maxx, maxz = self.welcome.bounds
+        x, z = min(max(x, minx), maxx), min(max(z, minz), maxz)
+        stride_max = self.welcome.speed / self.welcome.tick_hz
+
+        async def walk() -> Entity:
+            while True:
+                me = self.pose
+                dist = math.hypot(x - me.x, z - me.z)
+                if dist <= within + 1e-6:
+                    return me
+                stride = min(dist - within, stride_max)
+                yaw = math.atan2(x - me.x, z - me.z)
+                seq = await self.move(me.x + stride * (x - me.x) / dist, me.y if y is None else y,
+                                      me.z + stride * (z - me.z) / dist, yaw)
+                await self.wait_ack(seq)
+
+        return await asyncio.wait_for(walk(), timeout or self.timeout)
+
+    def nearest(self, kind: str | None = None, name: str | None = None) -> Entity | None:
+        """The entity in view nearest to us (x-z), optionally of a kind (`player`, `npc`,
+        `object`) and/or with a name; never ourselves. None when nothing matches."""
+        me = self.pose
+        found = [e for e in self.entities.values() if e.id != self.you
+                 and (kind is None or e.kind == kind) and (name is None or e.name == name)]
+        if me is None or not found:
+            return None
+        return min(found, key=lambda e: math.hypot(e.x - me.x, e.z - me.z))
 
     # ---- chat ----------------------------------------------------------------------------
 

@@ -9,25 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 
 from clients.client import Closed, ErrorReply, WorldClient
-
-
-async def walk_to(c: WorldClient, x: float, z: float, *, stop_within: float = 0.0) -> None:
-    """Walk towards (x, z) at the shard's speed limit, one move per tick, until close enough."""
-    step_s = 1.0 / c.welcome.tick_hz
-    for _ in range(int(60 / step_s)):  # give up after a minute of walking
-        me = c.pose
-        dist = math.hypot(x - me.x, z - me.z)
-        if dist <= stop_within + 0.01:
-            return
-        # Ask for a little less than the limit allows, so the shard does not clamp us.
-        stride = min(dist - stop_within, 0.9 * c.welcome.speed * step_s)
-        yaw = math.atan2(x - me.x, z - me.z)
-        seq = await c.move(me.x + stride * math.sin(yaw), me.y, me.z + stride * math.cos(yaw), yaw)
-        await c.wait_ack(seq)
-        await asyncio.sleep(step_s)  # pace: one move per tick is all the shard will count
 
 
 async def main(url: str, name: str = "example", password: str | None = None,
@@ -55,10 +38,9 @@ async def main(url: str, name: str = "example", password: str | None = None,
         await c.remove(oid)
         print(f"removed {oid}")
 
-        npcs = [e for e in c.entities.values() if e.kind == "npc"]
-        if talk and npcs:
-            npc = min(npcs, key=lambda e: math.hypot(e.x - c.pose.x, e.z - c.pose.z))
-            await walk_to(c, npc.x, npc.z, stop_within=2.0)
+        npc = c.nearest("npc")
+        if talk and npc is not None:
+            await c.walk_to(npc.x, npc.z, within=2.0, timeout=60)  # talking range is a few m
             print(f"asking {npc.name}…")
             try:
                 answer = await c.talk(npc.id, "Hello! What is there to see around here?",

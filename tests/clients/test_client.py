@@ -5,6 +5,8 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
+import math
+import time
 from pathlib import Path
 
 import pytest
@@ -301,3 +303,17 @@ async def test_talk_streams_an_answer_and_cancel_stops_one(tmp_path):
             await c.cancel(long)
             end = await long.wait_end(timeout=20)
             assert end.reason == "cancelled" and await long.text() == end.text
+
+
+async def test_walk_to_reaches_the_nearest_npc_at_the_speed_limit(url):
+    """nearest() finds the closest NPC; walk_to() brings us there through acked moves."""
+    async with WorldClient.connect(url, name=fresh()) as c:
+        npc = c.nearest("npc")
+        others = [e for e in c.entities.values() if e.kind == "npc" and e.id != npc.id]
+        dist = lambda e: math.hypot(e.x - c.pose.x, e.z - c.pose.z)  # noqa: E731
+        assert all(dist(npc) <= dist(e) for e in others) and c.nearest("npc", "nobody") is None
+        started = time.monotonic()
+        me = await c.walk_to(npc.x + 3.0, npc.z, within=0.5)
+        assert math.hypot(me.x - npc.x - 3.0, me.z - npc.z) <= 0.5 + 1e-6
+        assert me == c.entities[c.you] and c.ack == c._seq  # the shard's pose, every step acked
+        assert time.monotonic() - started < 30
