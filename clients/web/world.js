@@ -13,6 +13,8 @@ export const RECONCILE_M = 0.5;
 const SETTLED_M = 0.01;
 // How many times an unchanged target is re-sent before the shard's pose is taken as final.
 const MAX_RESENDS = 3;
+// A sent move not acked within this long is taken as lost.
+const PENDING_TIMEOUT_MS = 1000;
 const SNAPSHOTS_KEPT = 8;
 
 function poseGap(a, b) {
@@ -88,7 +90,7 @@ export class WorldModel {
     this.speed = 5;
     this.aoi = 50;
     this.self = null;            // predicted own pose {x, y, z, yaw}
-    this.pending = [];           // moves sent but not yet acked: [{seq, x, y, z, yaw}]
+    this.pending = [];           // moves sent but not yet acked: [{seq, x, y, z, yaw, at}]
     this.seq = 0;
     this.ack = 0;
     this.corrections = 0;        // how often the shard's pose overrode the prediction
@@ -106,6 +108,8 @@ export class WorldModel {
     this.speed = msg.speed || this.speed;
     this.aoi = msg.aoi || this.aoi;
     this.pending = [];
+    this._lastSent = null;
+    this._resends = 0;
     this.ack = 0;
     // seq keeps growing across connections: cheap, and never confuses a shard.
     const [x, y, z] = msg.spawn || [0, 0, 0];
@@ -177,19 +181,24 @@ export class WorldModel {
    * clamped for arriving too soon after the previous one): sending the same target again lets
    * the shard catch up. If it still will not, the shard is right and the prediction yields.
    */
-  nextMove() {
+  nextMove(now = performance.now()) {
     if (!this.self || !this._selfKnown) return null;
-    const last = this.pending[this.pending.length - 1] || this._lastSent;
+    // A move whose ack never came (the shard sends state only when something changed) is
+    // forgotten after a while, so it cannot block re-sending forever.
+    this.pending = this.pending.filter((m) => now - m.at < PENDING_TIMEOUT_MS);
+    const last = this._lastSent;
     const p = this.self;
     const same = last && last.x === p.x && last.y === p.y && last.z === p.z && last.yaw === p.yaw;
     if (same) {
       const mine = this.entities.get(this.you);
-      if (this.pending.length || !mine || poseGap(mine.pose, p) < SETTLED_M) {
+      if (!mine || poseGap(mine.pose, p) < SETTLED_M) {
         this._resends = 0;
         return null;
       }
+      if (this.pending.length) return null;   // the shard has not answered the last one yet
       if (++this._resends > MAX_RESENDS) {
         Object.assign(this.self, mine.pose);
+        Object.assign(this._lastSent, mine.pose);   // nothing left to tell the shard
         this.corrections += 1;
         this._resends = 0;
         return null;
@@ -198,11 +207,11 @@ export class WorldModel {
       this._resends = 0;
     }
     this.seq += 1;
-    const move = { seq: this.seq, x: p.x, y: p.y, z: p.z, yaw: p.yaw };
+    const move = { seq: this.seq, x: p.x, y: p.y, z: p.z, yaw: p.yaw, at: now };
     this.pending.push(move);
-    if (this.pending.length > 64) this.pending.shift();   // a shard that never acks: bound it
+    if (this.pending.length > 64) this.pending.shift();   // bounded, whatever the shard does
     this._lastSent = move;
-    return { t: "move", ...move };
+    return { t: "move", seq: move.seq, x: p.x, y: p.y, z: p.z, yaw: p.yaw };
   }
 
   /** Pose to draw for entity `id` at local time `now` (own entity: the prediction). */
