@@ -247,17 +247,6 @@ def test_connect_rejects_bad_options():
         WorldClient.connect("ws://127.0.0.1:1/ws", name="x", event_limit=0)
 
 
-async def test_documented_example_runs(url, capsys):
-    """examples/client_example.py runs its tour (without the NPC part) against a shard."""
-    path = Path(__file__).resolve().parents[2] / "examples" / "client_example.py"
-    spec = importlib.util.spec_from_file_location("client_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    await example.main(url, name=fresh("ex"), talk=False)
-    out = capsys.readouterr().out
-    assert "joined " in out and "placed o:" in out and "invalid on color" in out
-
-
 async def test_bad_name_raises_invalid_name(url):
     """A name outside the shard's pattern raises ErrorReply(invalid, field=name) at once."""
     with pytest.raises(ErrorReply) as info:
@@ -276,15 +265,16 @@ async def test_long_chat_is_invalid_and_huge_frame_closes_too_big(url):
         assert info.value.code == CloseCode.TOO_BIG and c.closed is info.value
 
 
-async def test_talk_streams_an_answer_and_cancel_stops_one(tmp_path):
+async def test_talk_streams_an_answer_and_cancel_stops_one(tmp_path, capsys):
     """talk() streams pieces that add up to NpcEnd.text; a second line while one is in flight
-    is rate_limited; cancel() ends an answer with reason `cancelled` (tiny random model)."""
+    is rate_limited; cancel() ends an answer with reason `cancelled`; the documented example
+    runs its whole tour (tiny random model)."""
     from npc.service import NpcService, NpcSettings
     from tests.server.wire import write_world
 
     guard = {"id": "guard", "name": "Guard", "x": 2.0, "y": 0.0, "z": 0.0,
              "persona": "A quiet test guard.", "reply_tokens": 24}
-    sage = dict(guard, id="sage", name="Sage", x=-2.0, reply_tokens=400)
+    sage = dict(guard, id="sage", name="Sage", x=-3.0, reply_tokens=400)
     world = write_world(tmp_path / "w.toml", npcs=(guard, sage))
     service = NpcService(NpcSettings(model="tiny", soft_stop=1.0, context_tokens=1024))
     async with run_shard(shard_settings(tmp_path, world=world), npcs=service) as s:
@@ -303,6 +293,20 @@ async def test_talk_streams_an_answer_and_cancel_stops_one(tmp_path):
             await c.cancel(long)
             end = await long.wait_end(timeout=20)
             assert end.reason == "cancelled" and await long.text() == end.text
+
+        await _run_example(s.ws_url)
+        out = capsys.readouterr().out
+        assert "joined " in out and "placed o:" in out and "invalid on color" in out
+        assert "asking Guard" in out and " tokens)" in out
+
+
+async def _run_example(url: str) -> None:
+    """Import examples/client_example.py from its file and run its tour against `url`."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "client_example.py"
+    spec = importlib.util.spec_from_file_location("client_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    await example.main(url, name=fresh("ex"))
 
 
 async def test_walk_to_reaches_the_nearest_npc_at_the_speed_limit(url):
