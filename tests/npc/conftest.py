@@ -25,16 +25,25 @@ def default_model(default_model_path):
 
 
 @pytest.fixture(scope="session")
-def reference(default_model_path):
-    """`transformers`' own model and tokenizer read from the same GGUF file (the parity reference).
-
-    Skips when the dev dependencies (transformers, accelerate) are not installed.
-    """
-    pytest.importorskip("accelerate")
+def transformers_module():
+    """The `transformers` package, quiet; skips when the dev dependencies are not installed."""
+    pytest.importorskip("accelerate")  # transformers needs it to read GGUF files
     transformers = pytest.importorskip("transformers")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    where, name = str(default_model_path.parent), default_model_path.name
-    tok = transformers.AutoTokenizer.from_pretrained(where, gguf_file=name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=name)
-    return model.eval(), tok
+    return transformers
+
+
+@pytest.fixture(scope="session")
+def reference_tokenizer(transformers_module, default_model_path):
+    """`transformers`' tokenizer read from the default model's GGUF file (the parity reference)."""
+    return transformers_module.AutoTokenizer.from_pretrained(
+        str(default_model_path.parent), gguf_file=default_model_path.name)
+
+
+@pytest.fixture(scope="session")
+def reference_model(transformers_module, default_model_path):
+    """`transformers`' own LlamaForCausalLM read from the same GGUF file, fp32, eval mode."""
+    model = transformers_module.AutoModelForCausalLM.from_pretrained(
+        str(default_model_path.parent), gguf_file=default_model_path.name)
+    return model.eval()

@@ -56,10 +56,10 @@ def greedy(model, prompt: list[int], max_new: int, eos: frozenset[int]) -> list[
     return out
 
 
-def test_logits_match_transformers_on_chat_prompts(default_model, reference):
+def test_logits_match_transformers_on_chat_prompts(default_model, reference_model):
     """Every position's logits equal the reference's within 1e-3 for several chat prompts."""
     model, tok = default_model
-    ref, _ = reference
+    ref = reference_model
     for chat in CHATS[:2]:
         ids = tok.render_chat(chat)
         with torch.inference_mode():
@@ -70,10 +70,10 @@ def test_logits_match_transformers_on_chat_prompts(default_model, reference):
         assert diff <= LOGIT_ATOL, f"max |logit diff| {diff} over {LOGIT_ATOL}"
 
 
-def test_greedy_answers_match_transformers_token_for_token(default_model, reference):
+def test_greedy_answers_match_transformers_token_for_token(default_model, reference_model):
     """Greedy continuations of three chat prompts are identical to transformers' generate()."""
     model, tok = default_model
-    ref, _ = reference
+    ref = reference_model
     for chat in CHATS:
         prompt = tok.render_chat(chat)
         ours = greedy(model, prompt, 12, tok.eos_ids)
