@@ -52,6 +52,9 @@ async def run_shard(settings: Settings, *, npcs: NpcHook | None = None):
         signer = TokenSigner(secret, settings.token_ttl_s)
         stored = await db.call(store.load_objects)
         shard = Shard(settings, config, store, db, signer, npcs)
+        if settings.mqtt:  # one world of many shards: reach the others through the broker
+            from server.mqtt import MqttRelay
+            shard.relay = MqttRelay(shard)
         latency.append(shard.metrics.db_seconds)
         shard.populate(stored)
     except BaseException:

@@ -38,6 +38,12 @@ class Relay:
         shard = self.shard.settings.shard
         return [{"id": s.pid, "name": s.name, "shard": shard} for s in self.shard.sessions.online.values()]
 
+    def object_added(self, rec) -> None:
+        """An object was placed here (other shards learn of it through the MQTT relay)."""
+
+    def object_removed(self, oid: str) -> None:
+        """An object was removed here."""
+
     async def start(self) -> None:
         """Connect to the other shards (nothing to do for one shard)."""
 

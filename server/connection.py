@@ -118,6 +118,10 @@ async def _read_loop(shard, session, conn) -> None:
             metrics.bytes_in.inc(kind, by=len(frame))
             try:
                 await shard.dispatch(session, msg)
+            except ClientError as exc:
+                if exc.re is None:  # raised where the id is unknown (e.g. the MQTT relay)
+                    exc.re = msg.id
+                raise
             except StoreError:
                 # The database refused or failed: the message changed nothing; say so.
                 log.exception("database error while handling %s from %s", kind, session.pid)

@@ -35,6 +35,7 @@ FORBIDDEN = "forbidden"
 TOO_FAR = "too_far"
 BUSY = "busy"
 AUTH = "auth"
+UNAVAILABLE = "unavailable"  # cross-shard features while the world link is down (server.mqtt)
 
 
 class ShardError(Exception):

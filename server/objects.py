@@ -55,6 +55,7 @@ async def place(shard, session: Session, msg: Place) -> None:
     await shard.db_call(shard.store.add_object, rec)
     shard.placed_by[rec.id] = session.pid
     shard.world.add(from_record(rec))
+    shard.relay.object_added(rec)
 
 
 async def remove(shard, session: Session, msg: Remove) -> None:
@@ -72,3 +73,4 @@ async def remove(shard, session: Session, msg: Remove) -> None:
     await shard.db_call(shard.store.remove_object, msg.target)
     shard.placed_by.pop(msg.target, None)
     shard.world.remove(msg.target)
+    shard.relay.object_removed(msg.target)

@@ -30,6 +30,9 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
+# Alembic says "Context impl ..." at INFO on every open; our own line says what changed.
+if logging.getLogger("alembic").level == logging.NOTSET:
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any fixed 64-bit number; it names "Worldsmith schema migration" among advisory locks.
