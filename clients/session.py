@@ -218,6 +218,9 @@ class Session:
             event = parse_event(msg)
         except (KeyError, TypeError, ValueError, IndexError):
             return  # malformed by contract; skipping it keeps the client alive
+        # An error right before a close explains it (e.g. `auth`); older ones do not.
+        self._last_error = (ErrorReply(event.code, event.msg, event.field, event.re)
+                            if isinstance(event, Error) else None)
         if isinstance(event, State):
             self._apply_state(event)
         elif isinstance(event, NpcToken):
@@ -228,14 +231,17 @@ class Session:
             stream = self._streams.pop(event.reply, None)
             if stream is not None:
                 stream._finish(event)
-        elif isinstance(event, Error):
-            self._last_error = ErrorReply(event.code, event.msg, event.field, event.re)
         re = msg.get("re")
         if re is not None:
             self._answer(str(re), msg.get("t"), event)
         for predicate, future in list(self._expects):
-            if not future.done() and predicate(event):
-                future.set_result(event)
+            if future.done():
+                continue
+            try:
+                if predicate(event):
+                    future.set_result(event)
+            except Exception as exc:  # the caller's predicate failed: tell the caller
+                future.set_exception(exc)
         self._expects = [(p, f) for p, f in self._expects if not f.done()]
         self._push(event)
 

@@ -321,3 +321,13 @@ async def test_walk_to_reaches_the_nearest_npc_at_the_speed_limit(url):
         assert math.hypot(me.x - npc.x - 3.0, me.z - npc.z) <= 0.5 + 1e-6
         assert me == c.entities[c.you] and c.ack == c._seq  # the shard's pose, every step acked
         assert time.monotonic() - started < 30
+
+
+async def test_expect_predicate_errors_reach_the_caller_only(url):
+    """A predicate that raises fails its own expect() future; the client keeps working."""
+    async with WorldClient.connect(url, name=fresh()) as c:
+        broken = c.expect(lambda ev: ev.no_such_field)
+        assert await c.ping() > 0
+        with pytest.raises(AttributeError):
+            await broken
+        assert isinstance(await c.who(), Who)
