@@ -331,3 +331,25 @@ async def test_expect_predicate_errors_reach_the_caller_only(url):
         with pytest.raises(AttributeError):
             await broken
         assert isinstance(await c.who(), Who)
+
+
+async def test_concurrent_requests_each_get_their_own_reply(url):
+    """Many calls in flight at once are matched to their replies by id, and nothing leaks."""
+    async with WorldClient.connect(url, name=fresh()) as c:
+        results = await asyncio.gather(*(c.ping() for _ in range(10)),
+                                       *(c.who() for _ in range(5)),
+                                       *(c.say(f"line {i}") for i in range(3)))
+        assert all(isinstance(r, float) for r in results[:10])
+        assert all(isinstance(r, Who) and r.total == 1 for r in results[10:15])
+        assert [r.text for r in results[15:]] == ["line 0", "line 1", "line 2"]
+        assert c._pending == {}
+
+
+async def test_request_timeout_raises_and_forgets_the_request(url):
+    """A reply that never comes raises TimeoutError after the timeout and leaves no state."""
+    async with WorldClient.connect(url, name=fresh()) as c:
+        with pytest.raises(TimeoutError):
+            # The timeout itself is under test: a pong is never an answer of type "nothing".
+            await c.request({"t": "ping", "ct": 1}, ("nothing",), timeout=0.2)
+        assert c._pending == {}
+        assert await c.ping() > 0
