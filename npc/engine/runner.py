@@ -157,7 +157,7 @@ class Runner:
             # A preempted or finished holder gives its row up.
             if holder is None or holder.status is not Status.RUNNING:
                 if holder is not None:
-                    self.release(holder.seq_id)
+                    self._free_row(holder.seq_id)  # a preempted holder keeps its sampling state
                 self._row_seq[row] = seq
                 self._row_of[seq.seq_id] = row
                 self._filled[seq.seq_id] = 0
@@ -174,12 +174,15 @@ class Runner:
             self.v_rows[:, :, row, filled:start] = self.v_pages.index_select(1, slots).transpose(1, 2)
         self._filled[seq.seq_id] = start
 
-    def release(self, seq_id: int) -> None:
-        """Forget a finished request: its row and its sampling state."""
+    def _free_row(self, seq_id: int) -> None:
         row = self._row_of.pop(seq_id, None)
         if row is not None:
             self._row_seq[row] = None
         self._filled.pop(seq_id, None)
+
+    def release(self, seq_id: int) -> None:
+        """Forget a finished request: its row and its sampling state."""
+        self._free_row(seq_id)
         self.sampler.release(seq_id)
 
     def _slots(self, table: list[int], start: int, stop: int) -> list[int]:

@@ -108,13 +108,15 @@ def test_long_prompt_is_chunked_and_decodes_keep_going() -> None:
 def test_preemption_under_kv_pressure_keeps_outputs() -> None:
     """With too few KV blocks for everyone, sequences are preempted and recomputed with unchanged tokens."""
     ps = prompts(4)
-    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
-    core = make_core(kv_budget_mb=0.1, block_size=4)  # 51 blocks of 4 tokens
-    seqs = [core.add(Sequence(p, params)) for p in ps]
+    greedy = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    seeded = SamplingParams(temperature=0.8, seed=5, max_tokens=40, ignore_eos=True)
+    params = [greedy, seeded, greedy, seeded]
+    core = make_core(kv_budget_mb=0.1, block_size=4, max_running=3)  # 51 blocks of 4 tokens
+    seqs = [core.add(Sequence(p, sp)) for p, sp in zip(ps, params)]
     results = drain(core, seqs)
     assert core.scheduler.preemptions > 0
-    for p, r in zip(ps, results):
-        assert r.token_ids == alone(p, params).token_ids
+    for p, sp, r in zip(ps, params, results):
+        assert r.token_ids == alone(p, sp).token_ids
     assert core.blocks.num_used == 0
 
 
@@ -145,3 +147,20 @@ def test_seeded_sampling_is_independent_of_batch() -> None:
     together = drain(core, [core.add(Sequence(ps[0], params)), core.add(Sequence(ps[1], other)),
                             core.add(Sequence(ps[2], other))])
     assert together[0].token_ids == alone(ps[0], params).token_ids
+
+
+def test_preempted_request_keeps_its_seeded_stream_when_its_row_is_taken() -> None:
+    """A preempted seeded request whose KV row goes to a HIGH priority newcomer still samples as if alone."""
+    from npc.engine.sequence import Priority
+
+    ps = prompts(3)
+    seeded = SamplingParams(temperature=0.8, seed=5, max_tokens=40, ignore_eos=True)
+    core = make_core(kv_budget_mb=0.06, block_size=4, max_running=2)  # 30 blocks of 4 tokens
+    results: dict[int, Result] = {}
+    seqs = [core.add(Sequence(p, seeded)) for p in ps[:2]]
+    while core.scheduler.preemptions == 0:
+        step(core, results)
+    seqs.append(core.add(Sequence(ps[2], GREEDY, priority=Priority.HIGH)))
+    out = drain(core, seqs, results)
+    for p, sp, r in zip(ps, [seeded, seeded, GREEDY], out):
+        assert r.token_ids == alone(p, sp).token_ids
