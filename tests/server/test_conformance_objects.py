@@ -113,3 +113,23 @@ async def test_remove_unknown_object_is_not_found(shard):
     err = await a.error()
     assert (err["code"], err["re"]) == ("not_found", "x")
     await a.close()
+
+
+async def test_claimed_names_own_across_sessions_guests_only_in_theirs(shard):
+    """A claimed name may remove its object in a later session; a new guest reusing a
+    guest's name may not remove that guest's object (Worldsmith's ownership rule)."""
+    claimed, guest = unique_name("own"), unique_name("gst")
+    a = await join(shard.ws_url, claimed, password="pw-own-1")
+    g = await join(shard.ws_url, guest)
+    await a.send({"t": "place", "shape": "box", "x": 1.0, "y": 0.0, "z": 9.0, "label": "A's"})
+    await g.send({"t": "place", "shape": "box", "x": 2.0, "y": 0.0, "z": 9.0, "label": "G's"})
+    a_obj, g_obj = await _placed(a, label="A's"), await _placed(g, label="G's")
+    await close_all(a, g)
+    a2 = await join(shard.ws_url, claimed, password="pw-own-1")
+    g2 = await join(shard.ws_url, guest)
+    await g2.send({"t": "remove", "target": g_obj["id"], "id": "g"})
+    assert (await g2.error())["code"] == "forbidden"
+    await a2.send({"t": "remove", "target": a_obj["id"], "id": "a"})
+    await a2.state_where(lambda m: a_obj["id"] in m.get("leave", ()))
+    assert not any(m.get("t") == "error" for m in await a2.barrier())
+    await close_all(a2, g2)
