@@ -37,7 +37,7 @@ def build(args, rng: random.Random) -> tuple[World, list[str], list[str], dict[s
     size = args.size
     cfg = WorldConfig(name="bench", bounds=(0.0, 0.0, size, size), spawn=(size / 2, 0.0, size / 2),
                       aoi=args.aoi, shout_range=args.aoi * 2, speed=args.speed)
-    world = World(cfg)
+    world = World(cfg, skin=args.skin)
     players, walkers = [], []
     heading: dict[str, float] = {}
     n_npc = (args.entities - args.observers) // 5
@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ticks", type=int, default=100, help="measured ticks")
     ap.add_argument("--oracle-ticks", type=int, default=3, help="ticks also computed by the oracle")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skin", type=float, default=None, help="band skin in metres (default aoi/10)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after building the world, as a long-running shard may")
     ap.add_argument("--quick", action="store_true", help="a small, fast smoke run")
     args = ap.parse_args(argv)
     if args.quick:
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
     now = 1_000_000
     world.tick()  # the initial full views are not part of a steady tick
     gc.collect()
+    if args.gc_freeze:
+        gc.freeze()
     times, cpu_times, move_times, sizes = [], [], [], []
     oracle_times, oracle_cpu_times = [], []
     oracle = Oracle(args.aoi)

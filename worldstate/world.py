@@ -304,7 +304,7 @@ class World:
             limit = 8 + len(self._slot) // 64
         if len(self._loose) > limit or len(self._drifting) > limit:
             self._rebuild(xy)
-        return {ents[o].id: d for o, d in out.items() if d}
+        return {ents[o].id: d for o, d in out.items() if d.enter or d.upd or d.leave}
 
     def _enter(self, out: dict[int, ViewDiff], o: int, s: int) -> None:
         self._views[o].add(s)
@@ -331,11 +331,20 @@ class World:
             if self._loose:
                 mask = np.zeros(len(xs), np.bool_)
                 mask[np.fromiter(self._loose, np.int64, len(self._loose))] = True
+            views, watchers, ents = self._views, self._watchers, self._ents
+            # Inlined _enter/_leave: a busy tick flips hundreds of pairs here.
             for o, s, now in zip(*self._band.changes(xs, zs, mask)):
+                d = out.get(o)
+                if d is None:
+                    d = out[o] = ViewDiff([], [], [])
                 if now:
-                    self._enter(out, o, s)
+                    views[o].add(s)
+                    watchers[s].add(o)
+                    d.enter.append(ents[s])
                 else:
-                    self._leave(out, o, s)
+                    views[o].discard(s)
+                    watchers[s].discard(o)
+                    d.leave.append(ents[s].id)
         return xs, zs
 
     def _flip_loose(self, out: dict[int, ViewDiff]) -> None:
@@ -370,9 +379,10 @@ class World:
         ents, watchers, moved = self._ents, self._watchers, self._moved
         # The hot loop of a busy tick: one dict lookup and one append per (mover, watcher).
         upd: defaultdict[int, list[Entity]] = defaultdict(list)
-        for s, before in moved.items():
+        for s, b in moved.items():
             ent = ents[s]
-            if ent.pose == before:
+            p = ent.pose
+            if p.x == b.x and p.z == b.z and p.y == b.y and p.yaw == b.yaw:
                 continue  # moved and came back within the tick: nothing to tell
             for o in watchers[s]:
                 upd[o].append(ent)
@@ -380,7 +390,7 @@ class World:
         for o, items in upd.items():
             d = out.get(o)
             if d is None:
-                out[o] = ViewDiff(upd=items)
+                out[o] = ViewDiff([], items, [])
                 continue
             d.upd = items
             for e in d.enter:
