@@ -133,3 +133,13 @@ async def test_claimed_names_own_across_sessions_guests_only_in_theirs(shard):
     await a2.state_where(lambda m: a_obj["id"] in m.get("leave", ()))
     assert not any(m.get("t") == "error" for m in await a2.barrier())
     await close_all(a2, g2)
+
+
+async def test_world_file_objects_cannot_be_removed_by_players(shard):
+    """An object from the world file (no owner) is `forbidden` to an ordinary player."""
+    a = await join(shard.ws_url)
+    board = next(e for e in a.first_state["enter"] if e["kind"] == "object")
+    assert "owner" not in board.get("props", {})
+    await a.send({"t": "remove", "target": board["id"], "id": 1})
+    assert (await a.error())["code"] == "forbidden"
+    await a.close()
