@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running", type=int, default=32)
     p.add_argument("--max-waiting", type=int, default=64)
     p.add_argument("--kv-budget-mb", type=float, default=512.0)
-    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return p
 

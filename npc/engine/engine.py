@@ -39,14 +39,20 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Capacity and placement of one engine."""
+    """Capacity and placement of one engine.
+
+    Memory: `kv_budget_mb` of KV pages (the blocks the prefix cache shares), plus one
+    contiguous KV row of `max_model_len` tokens per running sequence (what attention
+    reads). For SmolLM2-135M in fp32 a token's K/V is 45 KiB: 32 rows of 1024 tokens take
+    1.4 GiB beside the pages.
+    """
 
     max_running: int = 32  # sequences decoding together
     max_waiting: int = 64  # queued beyond that; more submits raise Busy
     token_budget: int = 256  # tokens per forward pass: bounds a step's latency
     block_size: int = 16  # tokens per KV block (and prefix-cache granularity)
-    kv_budget_mb: float = 512.0  # memory for the KV cache
-    max_model_len: int = 2048  # prompt plus completion, capped at the model's max_position
+    kv_budget_mb: float = 512.0  # memory for the KV pages (prefix cache and block accounting)
+    max_model_len: int = 1024  # prompt plus completion, capped at the model's max_position
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
     dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -145,6 +151,9 @@ class EngineCore:
                              max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype)
         self.metrics = EngineMetrics()
         self.eos_ids = frozenset(tokenizer.eos_ids)
+        log.info("engine on %s/%s: %d KV blocks of %d tokens + %d rows of %d tokens (%.0f MiB)",
+                 device, str(dtype).removeprefix("torch."), num_blocks, settings.block_size,
+                 settings.max_running, max_len, self.runner.cache_bytes / 2**20)
 
     def check(self, prompt: list[int], params: SamplingParams) -> None:
         """Raise RequestTooLong if the request could never be served."""
