@@ -6,6 +6,7 @@ monitor, progress); bots themselves have none. `Swarm.run()` returns the report 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import sys
@@ -126,6 +127,8 @@ class Swarm:
                 pacers.append(asyncio.create_task(self._pace(members, rate, action)))
         try:
             await self._ramp()
+            # Everything allocated so far lives for the whole run: keep the collector off it.
+            gc.freeze()
             self.t_measure = time.monotonic() + self.s.warmup
             await asyncio.sleep(self.s.warmup)
             self.cpu0 = time.process_time()
