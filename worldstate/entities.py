@@ -8,6 +8,9 @@ from typing import Any
 from worldstate.errors import InvalidEntity
 
 KINDS = frozenset({"player", "npc", "object"})
+# Farther than this from the origin is a bug, not a place: it would also overflow the
+# spatial index's arithmetic. A million kilometres is plenty for any world.
+MAX_COORD = 1e9
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,6 +29,10 @@ class Pose:
     def is_finite(self) -> bool:
         """True when every coordinate and the yaw are finite numbers."""
         return all(math.isfinite(v) for v in (self.x, self.y, self.z, self.yaw))
+
+    def is_valid(self) -> bool:
+        """True when the pose is finite and its coordinates within `MAX_COORD` of the origin."""
+        return self.is_finite() and max(abs(self.x), abs(self.y), abs(self.z)) <= MAX_COORD
 
 
 @dataclass(slots=True, eq=False)
@@ -46,8 +53,9 @@ class Entity:
             raise InvalidEntity(f"entity id must be a non-empty string, got {self.id!r}")
         if self.kind not in KINDS:
             raise InvalidEntity(f"entity {self.id!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}")
-        if not isinstance(self.pose, Pose) or not self.pose.is_finite():
-            raise InvalidEntity(f"entity {self.id!r}: pose must be a finite Pose, got {self.pose!r}")
+        if not isinstance(self.pose, Pose) or not self.pose.is_valid():
+            raise InvalidEntity(f"entity {self.id!r}: pose must be a finite Pose within "
+                                f"{MAX_COORD:g} m of the origin, got {self.pose!r}")
 
     def to_wire(self) -> dict[str, Any]:
         """The protocol's entity object: id, kind, name, x, y, z, yaw, and props when set."""

@@ -6,7 +6,7 @@ from collections import defaultdict
 import numpy as np
 
 from worldstate.config import WorldConfig
-from worldstate.entities import Entity, Pose
+from worldstate.entities import MAX_COORD, Entity, Pose
 from worldstate.errors import DuplicateEntity, InvalidEntity, UnknownEntity
 from worldstate.movement import clamp_move
 from worldstate.spatial import Grid, PairBand
@@ -157,8 +157,9 @@ class World:
     def teleport(self, entity_id: str, pose: Pose) -> None:
         """Put an entity at `pose` with no movement rules (spawn, an NPC turning to face someone)."""
         s = self._require(entity_id)
-        if not isinstance(pose, Pose) or not pose.is_finite():
-            raise InvalidEntity(f"teleport of {entity_id!r} needs a finite Pose, got {pose!r}")
+        if not isinstance(pose, Pose) or not pose.is_valid():
+            raise InvalidEntity(f"teleport of {entity_id!r} needs a finite Pose within "
+                                f"{MAX_COORD:g} m of the origin, got {pose!r}")
         self._last_ms[s] = None
         self._set_pose(s, self._ents[s], pose)
 

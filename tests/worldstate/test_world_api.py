@@ -174,7 +174,7 @@ def test_far_teleports_keep_views_exact():
     w.watch("p:a")
     w.watch("p:b")
     w.tick()
-    w.teleport("p:b", Pose(1e12, 0, -1e12))
+    w.teleport("p:b", Pose(1e9, 0, -1e9))
     for _ in range(3):  # ticks force a rebuild with the far-flung entity in the index
         d = w.tick()
     assert w.view_ids("p:a") == {"p:a"} and w.view_ids("p:b") == {"p:b"}
@@ -196,10 +196,15 @@ def test_entity_wire_form_and_validation():
         Entity("", "npc", "x", Pose(0, 0, 0))
     with pytest.raises(InvalidEntity):
         Entity("n:1", "npc", "x", Pose(float("nan"), 0, 0))
+    with pytest.raises(InvalidEntity):
+        Entity("n:1", "npc", "x", Pose(0, 0, -1e300))
     w = make_world()
     w.add(e)
     with pytest.raises(InvalidEntity):
         w.teleport("o:1", Pose(float("inf"), 0, 0))
+    with pytest.raises(InvalidEntity):
+        w.teleport("o:1", Pose(1e300, 0, 0))
+    assert w.get("o:1").pose == Pose(1, 2, 3, 0.5)
 
 
 def test_world_tuning_is_validated():
