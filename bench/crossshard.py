@@ -1,0 +1,173 @@
+"""Cross-shard chat through a local MQTT broker (issue 6): delivery latency of global and
+private lines between two shard processes.
+
+    .venv/bin/python bench/crossshard.py                  # 1,000 lines a minute for 60 s
+    .venv/bin/python bench/crossshard.py --seconds 20 --rate 6000   # headroom, shorter
+
+Starts a mosquitto on a free loopback port (or uses `--mqtt URL`), two shards `a` and `b`
+(`python -m server --mqtt ...`, a shared SQLite file unless `--db` names PostgreSQL), and
+`--players` raw-WebSocket players on each. Lines go out at `--rate` per minute, alternately
+global and private, from a random player on either shard, each addressed (when private) to
+a random player on the other shard. Latency is send -> receipt in this one process (one
+clock), counted per delivery; "cross" counts only deliveries on the other shard, the path
+through the broker. Prints a table, the target (p99 <= 50 ms), and a final JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.broker import Broker  # noqa: E402  (after the path fix above)
+from tests.scaleout.shards import ShardProcess  # noqa: E402
+
+TARGET_P99_MS = 50.0
+
+
+class Player:
+    """One raw connection; records the receipt time of every bench line it gets."""
+
+    def __init__(self, ws, pid: str, name: str, shard: str) -> None:
+        self.ws, self.pid, self.name, self.shard = ws, pid, name, shard
+        self.reader: asyncio.Task | None = None
+
+    async def read(self, sent: dict[str, tuple[float, str, str]], out: dict[str, list[float]]) -> None:
+        """Record latency (ms) of each bench line, keyed global_cross/global_local/private_cross."""
+        async for frame in self.ws:
+            now = time.perf_counter()
+            msg = orjson.loads(frame)
+            if msg.get("t") != "chat" or not msg.get("text", "").startswith("bench "):
+                continue
+            key = msg["text"].split(" ", 2)[1]
+            origin = sent.get(key)
+            if origin is None or msg["from"] == self.pid:
+                continue  # the sender's own echo is not a delivery
+            t0, shard, channel = origin
+            where = "cross" if shard != self.shard else "local"
+            out.setdefault(f"{channel}_{where}", []).append((now - t0) * 1000.0)
+
+
+async def join(url: str, name: str, shard: str) -> Player:
+    """Connect and say hello; returns once the welcome and first state are read."""
+    ws = await connect(url, subprotocols=["world.v1"], proxy=None, max_queue=None)
+    await ws.send(orjson.dumps({"t": "hello", "v": 1, "name": name}).decode())
+    welcome = orjson.loads(await ws.recv())
+    await ws.recv()  # the first state
+    return Player(ws, welcome["you"], name, shard)
+
+
+async def wait_presence(p: Player, total: int, timeout: float = 30.0) -> None:
+    """Ask `who` until it lists every player of both shards (presence is asynchronous)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            await p.ws.send('{"t":"who"}')
+            while (msg := orjson.loads(await p.ws.recv())).get("t") not in ("who", "error"):
+                pass
+            if msg.get("total") == total:
+                return
+            await asyncio.sleep(0.1)  # pacing the polls
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))] if s else float("nan")
+
+
+async def run(args, urls: dict[str, str]) -> dict:
+    """Drive the load and return the measured figures."""
+    players = {s: [await join(u, f"{s}{i}", s) for i in range(args.players)] for s, u in urls.items()}
+    everyone = [p for group in players.values() for p in group]
+    await wait_presence(everyone[0], len(everyone))
+    sent: dict[str, tuple[float, str, str]] = {}
+    out: dict[str, list[float]] = {}
+    for p in everyone:
+        p.reader = asyncio.get_running_loop().create_task(p.read(sent, out))
+    interval = 60.0 / args.rate
+    count = int(args.seconds * args.rate / 60.0)
+    rng = random.Random(7)
+    # Round-robin over senders keeps each under the chat limit (5 lines per 10 s).
+    senders = itertools.cycle(rng.sample(everyone, len(everyone)))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i * interval - loop.time()))  # pacing the load
+        p = next(senders)
+        channel = "global" if i % 2 == 0 else "private"
+        key = f"k{i}"
+        msg = {"t": "chat", "text": f"bench {key} line", "channel": "global"}
+        if channel == "private":
+            other = "b" if p.shard == "a" else "a"
+            msg = {"t": "chat", "text": f"bench {key} line", "to": rng.choice(players[other]).name}
+        sent[key] = (time.perf_counter(), p.shard, channel)
+        await p.ws.send(orjson.dumps(msg).decode())
+    # Let the last lines arrive: bounded, the latencies we care about are milliseconds.
+    await asyncio.sleep(1.0)
+    for p in everyone:
+        p.reader.cancel()
+        await p.ws.close()
+    expected_global = (count + 1) // 2 * (len(everyone) - 1)
+    got_global = len(out.get("global_cross", [])) + len(out.get("global_local", []))
+    return {"lines": count, "players": len(everyone), "rate_per_min": args.rate,
+            "global_delivered": got_global, "global_expected": expected_global,
+            "private_delivered": len(out.get("private_cross", [])), "private_expected": count // 2,
+            **{f"{k}_ms": {"p50": pct(v, 50), "p99": pct(v, 99), "max": max(v), "n": len(v)}
+               for k, v in sorted(out.items())}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: start broker and shards, run, print the table and a JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="lines a minute (all shards)")
+    parser.add_argument("--players", type=int, default=50, help="players on each shard")
+    parser.add_argument("--mqtt", help="an existing broker (default: start mosquitto)")
+    parser.add_argument("--db", help="shared database URL (default: a temporary SQLite file)")
+    args = parser.parse_args(argv)
+    if args.rate * 10 / 60 > args.players * 2 * 5:
+        parser.error("rate too high for the chat limit: add --players")
+    with tempfile.TemporaryDirectory(prefix="crossshard-") as tmp:
+        broker = None if args.mqtt else Broker(Path(tmp) / "broker")
+        shards = []
+        try:
+            if broker:
+                broker.start()
+            url = args.mqtt or broker.url
+            db = args.db or f"sqlite:///{tmp}/world.db"
+            shards = [ShardProcess(s, cwd=Path(tmp), mqtt=url, db=db) for s in "ab"]
+            result = asyncio.run(run(args, {s.name: s.ws for s in shards}))
+        finally:
+            for s in shards:
+                s.stop()
+            if broker:
+                broker.close()
+    print(f"{'path':<16}{'n':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for key in ("global_cross", "global_local", "private_cross"):
+        r = result.get(f"{key}_ms")
+        if r:
+            print(f"{key:<16}{r['n']:>8}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['max']:>9.1f}")
+    cross = [result[k]["p99"] for k in ("global_cross_ms", "private_cross_ms") if k in result]
+    ok = bool(cross) and max(cross) <= TARGET_P99_MS
+    print(f"target p99 <= {TARGET_P99_MS:g} ms across shards: {'met' if ok else 'MISSED'}; "
+          f"delivered global {result['global_delivered']}/{result['global_expected']}, "
+          f"private {result['private_delivered']}/{result['private_expected']}")
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
