@@ -104,12 +104,11 @@ def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
     return " ".join(parts)
 
 
-def _cue_text(persona: Persona, player_name: str, facts: Sequence[str]) -> str:
-    """The last words before the answer: who speaks, and the facts that answer the line."""
-    cue = f"Reply as {persona.name}, in character, to what {player_name} just said."
-    if facts:
-        cue += " Useful facts: " + " ".join(facts)
-    return cue
+def _facts_text(facts: Sequence[str]) -> str:
+    # Measured (bench/npc_quality.py): with the default model this last system message,
+    # after the player's line and holding only the facts, beats both a closing "reply as"
+    # cue and the facts folded into the situation message.
+    return "Useful for this answer: " + " ".join(facts)
 
 
 @dataclass
@@ -144,7 +143,8 @@ def build_prompt(persona: Persona, fixed: list[Message], situation: Situation,
             msgs.append({"role": "user", "content": t.line})
             msgs.append({"role": "assistant", "content": t.answer})
         msgs.append({"role": "user", "content": line})
-        msgs.append({"role": "system", "content": _cue_text(persona, situation.player_name, use_facts)})
+        if use_facts:
+            msgs.append({"role": "system", "content": _facts_text(use_facts)})
         if count(msgs) <= budget.prompt_tokens:
             return Prompt(msgs, dropped_turns, dropped)
         if turns:

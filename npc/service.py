@@ -42,7 +42,7 @@ class NpcSettings:
     context_tokens: int = 1536        # whole prompt plus answer
     memory_tokens: int = 384          # recent turns kept verbatim per (NPC, player)
     temperature: float = 0.0          # 0 = greedy (with the repetition penalty below)
-    repetition_penalty: float = 1.2
+    repetition_penalty: float = 1.15
     soft_stop: float = 0.2            # past this share of reply_tokens, end at a sentence end
     answer_timeout_s: float = 60.0    # an answer still running after this ends as cancelled
     leave_range_factor: float = 2.0   # the speaker beyond talk_range x this stops the answer
