@@ -212,3 +212,22 @@ def _candidate_ranges(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observe
         owners.append(observers[ok])
     first = np.concatenate(firsts)
     return np.concatenate(owners), first, np.concatenate(lasts) - first, alive[order]
+
+
+def within(grid: Grid, xs: list[float], zs: list[float], x: float, z: float,
+           radius: float) -> list[tuple[float, int]]:
+    """(squared distance, key) of every key in `grid` within `radius` of (x, z) on the x-z plane.
+
+    Positions come from `xs`/`zs` indexed by key; the comparison is `dx*dx + dz*dz <= r*r`,
+    the same arithmetic as the band's, so both agree on exact-boundary cases.
+    """
+    r2 = radius * radius
+    out = []
+    for bucket in grid.candidates(x, z, radius):
+        for k in bucket:
+            dx = xs[k] - x
+            dz = zs[k] - z
+            d2 = dx * dx + dz * dz
+            if d2 <= r2:
+                out.append((d2, k))
+    return out

@@ -1,9 +1,25 @@
-"""What an observer is told each tick: entities that entered, moved, or left its view."""
+"""Who sees what: per-observer views, and the diffs (`enter`/`upd`/`leave`) made once per tick.
+
+`Views` works on the world's int slots and reads positions from the world's own lists; the
+`World` tells it about every add, removal and pose change and asks it for a tick's diffs.
+
+How a tick stays cheap: each observer's view is a set of slots, with the reverse index (who
+sees this slot) beside it. Pairs near the edge of an area of interest live in a `PairBand`
+checked in bulk with numpy; pairs deep inside or far outside cannot change until an endpoint
+drifts by part of the band's skin. Endpoints that drifted far, were added or removed, or
+started or reset a view are "loose": their pairs get exact grid queries until the band is
+rebuilt (when too many are loose, or drifting towards it). `upd` comes from the reverse index
+of entities that moved, so no observer scans what did not change.
+"""
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
-from worldstate.entities import Entity
+import numpy as np
+
+from worldstate.entities import Entity, Pose
+from worldstate.spatial import Grid, PairBand, within
 
 
 @dataclass(slots=True)
@@ -21,3 +37,252 @@ class ViewDiff:
 
     def __bool__(self) -> bool:
         return bool(self.enter or self.upd or self.leave)
+
+
+class Views:
+    """Observers' views over the world's slots (see the module docstring for how)."""
+
+    def __init__(self, aoi: float, *, ents: list[Entity | None], xs: list[float], zs: list[float],
+                 grid: Grid, skin: float | None = None, rebuild_limit: int | None = None) -> None:
+        """Views over the world's slot table (`ents`, `xs`, `zs`, shared, not copied) and `grid`."""
+        skin = aoi / 10 if skin is None else float(skin)
+        if not skin > 0:
+            raise ValueError(f"skin must be > 0, got {skin!r}")
+        if rebuild_limit is not None and rebuild_limit < 0:
+            raise ValueError(f"rebuild_limit must be >= 0, got {rebuild_limit!r}")
+        self.aoi = aoi
+        self._r2 = aoi * aoi
+        self._ents, self._xs, self._zs, self._grid = ents, xs, zs, grid
+        self._rebuild_limit = rebuild_limit
+        self._watchers: list[set[int]] = []      # slot -> observer slots that see it
+        self._views: dict[int, set[int]] = {}     # observer slot -> slots it sees
+        self._ogrid = Grid(grid.cell)             # observers only
+        self._band = PairBand(aoi, skin)
+        self._loose_d2 = (PairBand.LOOSE_FRACTION * skin) ** 2
+        # Rebuild a little before entities turn loose, while the band still covers them.
+        self._drift_d2 = (0.6 * PairBand.LOOSE_FRACTION * skin) ** 2
+        self._ax: list[float] = []                # slot -> x at the last rebuild
+        self._az: list[float] = []
+        self._loose: set[int] = set()
+        self._drifting: set[int] = set()
+        self._moved: dict[int, Pose] = {}         # slot -> its pose at the previous tick
+        self._pending: dict[int, list[str]] = {}  # observer slot -> ids removed from its view
+        self._fresh: list[tuple[int, Entity]] = []  # (observer, moved entity it just entered)
+
+    # --- what the world reports -----------------------------------------------------------
+    def added(self, s: int) -> None:
+        """Slot `s` now holds a new entity (at the world's xs[s], zs[s])."""
+        while len(self._watchers) <= s:
+            self._watchers.append(set())
+            self._ax.append(0.0)
+            self._az.append(0.0)
+        self._watchers[s] = set()
+        self._loose.add(s)
+
+    def removed(self, s: int, entity_id: str) -> None:
+        """The entity in slot `s` left the world: end its view, queue its leaves."""
+        if s in self._views:
+            self.unwatch(s)
+        views, pending = self._views, self._pending
+        for o in self._watchers[s]:
+            views[o].discard(s)
+            pending.setdefault(o, []).append(entity_id)
+        self._watchers[s] = set()
+        self._moved.pop(s, None)
+        # The band may still name this slot: it stays loose until the next rebuild, and the
+        # world must not reuse it before then (`tick` says when it rebuilt).
+        self._loose.add(s)
+
+    def pose_changed(self, s: int, before: Pose, moved_xz: bool) -> None:
+        """Slot `s` changed pose from `before`; `moved_xz` when its x or z (already in xs/zs) moved."""
+        if s not in self._moved:
+            self._moved[s] = before
+        if not moved_xz:
+            return
+        x, z = self._xs[s], self._zs[s]
+        if s in self._views:
+            self._ogrid.update(s, x, z)
+        if s not in self._loose:
+            dx = x - self._ax[s]
+            dz = z - self._az[s]
+            d2 = dx * dx + dz * dz
+            if d2 > self._drift_d2:
+                self._drifting.add(s)
+                if d2 > self._loose_d2:
+                    self._loose.add(s)
+
+    # --- observers ------------------------------------------------------------------------
+    def watch(self, o: int) -> None:
+        """Give slot `o` an empty view; the next tick enters everything it sees."""
+        if o in self._views:
+            return
+        self._views[o] = set()
+        self._ogrid.insert(o, self._xs[o], self._zs[o])
+        self._loose.add(o)
+
+    def unwatch(self, o: int) -> None:
+        """Drop slot `o`'s view (no-op without one)."""
+        view = self._views.pop(o, None)
+        if view is None:
+            return
+        watchers = self._watchers
+        for s in view:
+            watchers[s].discard(o)
+        self._pending.pop(o, None)
+        self._ogrid.remove(o)
+        self._loose.add(o)
+
+    def view_of(self, o: int) -> set[int] | None:
+        """Slots in `o`'s view as of the last tick or reset (the live set: do not modify), or None."""
+        return self._views.get(o)
+
+    def reset(self, o: int) -> set[int]:
+        """Make `o`'s view exactly what it sees now (watching it if needed) and return it."""
+        self.watch(o)
+        new = self._exact_view(o)
+        old = self._views[o]
+        watchers = self._watchers
+        for s in old - new:
+            watchers[s].discard(o)
+        for s in new - old:
+            watchers[s].add(o)
+        self._views[o] = new
+        self._pending.pop(o, None)
+        self._loose.add(o)  # its band pairs are stale now; exact queries until the next rebuild
+        return new
+
+    def _exact_view(self, o: int) -> set[int]:
+        """Slots within the area of interest of observer `o`, by grid query."""
+        xs, zs, r2 = self._xs, self._zs, self._r2
+        x, z = xs[o], zs[o]
+        seen = set()
+        for bucket in self._grid.candidates(x, z, self.aoi):
+            for s in bucket:
+                dx = xs[s] - x
+                dz = zs[s] - z
+                if dx * dx + dz * dz <= r2:  # the band's and the oracle's arithmetic exactly
+                    seen.add(s)
+        return seen
+
+    # --- the tick -------------------------------------------------------------------------
+    def tick(self, population: int) -> tuple[dict[int, ViewDiff], bool]:
+        """Diffs since the previous tick by observer slot (non-empty only), and whether the
+        band was rebuilt (slots freed before it may be reused from now on).
+        """
+        out: dict[int, ViewDiff] = {}
+        xy = self._flip_band(out) if self._views else None
+        self._flip_loose(out)
+        self._add_updates(out)
+        for o, gone in self._pending.items():
+            d = out.get(o)
+            if d is None:
+                d = out[o] = ViewDiff([], [], [])
+            if d.enter:
+                # Removed and re-added with the same id: the fresh `enter` replaces it.
+                back = {e.id for e in d.enter}
+                gone = [i for i in gone if i not in back]
+            d.leave.extend(gone)
+        self._pending = {}
+        self._moved = {}
+        limit = self._rebuild_limit
+        if limit is None:
+            limit = 8 + population // 64
+        rebuilt = len(self._loose) > limit or len(self._drifting) > limit
+        if rebuilt:
+            self._rebuild(xy)
+        return {o: d for o, d in out.items() if d.enter or d.upd or d.leave}, rebuilt
+
+    def _flip(self, out: dict[int, ViewDiff], o: int, s: int, now: bool) -> None:
+        """Record that slot `s` entered (`now`) or left observer `o`'s view."""
+        d = out.get(o)
+        if d is None:
+            d = out[o] = ViewDiff([], [], [])
+        if now:
+            self._views[o].add(s)
+            self._watchers[s].add(o)
+            ent = self._ents[s]
+            d.enter.append(ent)
+            if s in self._moved:
+                self._fresh.append((o, ent))
+        else:
+            self._views[o].discard(s)
+            self._watchers[s].discard(o)
+            d.leave.append(self._ents[s].id)
+
+    def _flip_band(self, out: dict[int, ViewDiff]) -> tuple[np.ndarray, np.ndarray]:
+        """Enter/leave for band pairs whose endpoints are both settled; returns the position arrays."""
+        xs = np.array(self._xs, dtype=np.float64)
+        zs = np.array(self._zs, dtype=np.float64)
+        if len(self._band):
+            mask = None
+            if self._loose:
+                mask = np.zeros(len(xs), np.bool_)
+                mask[np.fromiter(self._loose, np.int64, len(self._loose))] = True
+            flip = self._flip
+            for o, s, now in zip(*self._band.changes(xs, zs, mask)):
+                flip(out, o, s, now)
+        return xs, zs
+
+    def _flip_loose(self, out: dict[int, ViewDiff]) -> None:
+        """Exact grid queries for pairs with a loose endpoint (each pair handled exactly once)."""
+        loose, ents, watchers, views = self._loose, self._ents, self._watchers, self._views
+        if not loose or not views:
+            return
+        xs, zs = self._xs, self._zs
+        # Loose entity, settled observer.
+        for s in loose:
+            if ents[s] is None:
+                continue  # removed: its leaves were queued at once
+            near = {o for _, o in within(self._ogrid, xs, zs, xs[s], zs[s], self.aoi) if o not in loose}
+            had = {o for o in watchers[s] if o not in loose}
+            for o in near - had:
+                self._flip(out, o, s, True)
+            for o in had - near:
+                self._flip(out, o, s, False)
+        # Loose observer, any entity.
+        for o in loose:
+            view = views.get(o)
+            if view is None:
+                continue
+            new = self._exact_view(o)
+            for s in new - view:
+                self._flip(out, o, s, True)
+            for s in view - new:
+                self._flip(out, o, s, False)
+
+    def _add_updates(self, out: dict[int, ViewDiff]) -> None:
+        """`upd` for every watcher of an entity whose pose changed (not those it just entered for)."""
+        ents, watchers, moved = self._ents, self._watchers, self._moved
+        # The hot loop of a busy tick: one dict lookup and one append per (mover, watcher).
+        upd: defaultdict[int, list[Entity]] = defaultdict(list)
+        for s, b in moved.items():
+            ent = ents[s]
+            p = ent.pose
+            if p.x == b.x and p.z == b.z and p.y == b.y and p.yaw == b.yaw:
+                continue  # moved and came back within the tick: nothing to tell
+            for o in watchers[s]:
+                upd[o].append(ent)
+        for o, items in upd.items():
+            d = out.get(o)
+            if d is None:
+                out[o] = ViewDiff([], items, [])
+            else:
+                d.upd = items
+        for o, ent in self._fresh:
+            items = upd.get(o)
+            if items and ent in items:
+                items.remove(ent)  # it entered this tick: `enter` has its pose already
+        self._fresh = []
+
+    def _rebuild(self, xy: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Rebuild the band from current positions; everything is settled again afterwards."""
+        if xy is None:
+            xy = (np.array(self._xs, dtype=np.float64), np.array(self._zs, dtype=np.float64))
+        ents = self._ents
+        alive = np.fromiter((s for s, e in enumerate(ents) if e is not None), np.int64)
+        observers = np.fromiter(self._views.keys(), np.int64, len(self._views))
+        self._band.rebuild(xy[0], xy[1], alive, observers)
+        self._ax = list(self._xs)
+        self._az = list(self._zs)
+        self._loose.clear()
+        self._drifting.clear()
