@@ -72,6 +72,7 @@ class _Answer:
     pieces: int = 0
     soft_stopped: bool = False
     left: bool = False
+    cancelled: bool = False
 
 
 def load_engine(settings: NpcSettings):
@@ -154,15 +155,20 @@ class NpcService(NpcHook):
 
     def cancel(self, pid: str, reply: str) -> bool:
         ans = self._answers.get(pid)
-        if ans is None or ans.reply != reply or ans.stream is None:
+        if ans is None or ans.reply != reply:
             return False
-        ans.stream.cancel()
+        self._stop(ans)
         return True
 
     def player_left(self, pid: str) -> None:
         ans = self._answers.get(pid)
-        if ans is not None and ans.stream is not None:
+        if ans is not None:
             ans.left = True
+            self._stop(ans)
+
+    def _stop(self, ans: _Answer) -> None:
+        ans.cancelled = True
+        if ans.stream is not None:
             ans.stream.cancel()
 
     def hear(self, line: NpcLine) -> None:
@@ -177,14 +183,15 @@ class NpcService(NpcHook):
         self.shard.send_to(others, start)
         self.shard.send_to([line.speaker], dict(start, re=line.re) if line.re is not None else start)
         ans = _Answer(reply, line.speaker, persona, line.listeners)
-        try:
-            ans.stream = self._submit(persona, line)
-        except Exception as exc:  # Busy, still loading, or a prompt that can never fit
-            log.info("NPC %s answers busy to %s: %s", persona.id, line.speaker, exc)
+        if not self.ready.is_set() or self.engine.in_flight >= self._capacity():
+            # Saturated (or still loading): say so at once rather than queue.
             self._end(ans, "busy", "", 0)
             return
-        self._answers[line.speaker] = ans
-        self._spawn(self._pump(ans, line))
+        self._answers[line.speaker] = ans  # one answer in flight per player, from now on
+        self._spawn(self._answer(ans, line))
+
+    def _capacity(self) -> int:
+        return self.settings.max_running + self.settings.max_waiting
 
     # -- one answer -----------------------------------------------------------------
     def _face(self, persona: Persona, pid: str) -> None:
@@ -197,17 +204,42 @@ class NpcService(NpcHook):
             # yaw 0 faces -z (north); positive yaw turns toward -x (counter-clockwise seen from above).
             world.teleport(npc.id, Pose(npc.pose.x, npc.pose.y, npc.pose.z, math.atan2(-dx, -dz)))
 
-    def _submit(self, persona: Persona, line: NpcLine):
+    async def _answer(self, ans: _Answer, line: NpcLine) -> None:
+        """Recall the player, ask the engine, stream the answer, remember the exchange."""
+        reason, tokens = "error", 0
+        try:
+            memory = await self._recall(ans.npc, line.speaker_name)
+            if ans.cancelled:
+                reason = "cancelled"
+                return
+            try:
+                ans.stream = self._submit(ans.npc, line, memory)
+            except Exception as exc:  # Busy, or a prompt that can never fit
+                log.info("NPC %s answers busy to %s: %s", ans.npc.id, line.speaker, exc)
+                reason = "busy"
+                return
+            if ans.cancelled:
+                ans.stream.cancel()
+            reason, tokens = await self._pump(ans)
+        except asyncio.CancelledError:
+            reason, tokens = "cancelled", ans.pieces
+            raise
+        except Exception:
+            log.exception("NPC answer %s failed", ans.reply)
+            tokens = ans.pieces
+        finally:
+            self._answers.pop(ans.speaker, None)
+            self._end(ans, reason, "".join(ans.text), tokens)
+        if reason in ("stop", "length") and ans.text:
+            await self._remember(ans.npc, line, "".join(ans.text))
+
+    def _submit(self, persona: Persona, line: NpcLine, memory: Memory):
         from npc.engine.sequence import SamplingParams
 
-        if not self.ready.is_set():
-            raise RuntimeError("the NPC engine is still loading")
         tok = self.engine.tokenizer
-        memory = self._memory.get((persona.id, line.speaker_name.lower()))
-        recollection = memory.recollection() if memory is not None else None
         s = self.settings
         mind = self.minds[persona.id]
-        prompt = mind.prompt(self._situation(persona, line), recollection or Recollection(), line.text,
+        prompt = mind.prompt(self._situation(persona, line), memory.recollection(), line.text,
                              context_tokens=s.context_tokens, facts_per_answer=s.facts_per_answer,
                              count=lambda msgs: len(tok.render_chat(msgs)))
         params = SamplingParams(
@@ -225,35 +257,22 @@ class NpcService(NpcHook):
                       and (e.props or {}).get("owner", "").lower() == line.speaker_name.lower())[:3]
         return Situation(line.speaker_name, at, time_of_day(time.localtime().tm_hour), others, built)
 
-    async def _pump(self, ans: _Answer, line: NpcLine) -> None:
-        reason = "error"
-        try:
-            soft = max(1, int(ans.npc.reply_tokens * self.settings.soft_stop))
-            async for piece in ans.stream:
-                ans.text.append(piece)
-                ans.pieces += 1
-                self.shard.send_to(ans.listeners, {"t": "npc_token", "reply": ans.reply, "text": piece})
-                if self._walked_away(ans):
-                    ans.stream.cancel()
-                    break
-                if ans.pieces >= soft and _SENTENCE_END.search(piece):
-                    ans.soft_stopped = True
-                    ans.stream.cancel()
-                    break
-            result = await ans.stream.result()
-            reason = "stop" if ans.soft_stopped else result.finish_reason
-            tokens = result.completion_tokens
-        except asyncio.CancelledError:
-            reason, tokens = "cancelled", ans.pieces
-            raise
-        except Exception:
-            log.exception("NPC answer %s failed", ans.reply)
-            tokens = ans.pieces
-        finally:
-            self._answers.pop(ans.speaker, None)
-            self._end(ans, reason, "".join(ans.text), tokens)
-        if reason in ("stop", "length") and ans.text:
-            self._remember(ans.npc, line, "".join(ans.text))
+    async def _pump(self, ans: _Answer) -> tuple[str, int]:
+        """Relay pieces to the listeners until the answer ends; (reason, completion tokens)."""
+        soft = max(1, int(ans.npc.reply_tokens * self.settings.soft_stop))
+        async for piece in ans.stream:
+            ans.text.append(piece)
+            ans.pieces += 1
+            self.shard.send_to(ans.listeners, {"t": "npc_token", "reply": ans.reply, "text": piece})
+            if self._walked_away(ans):
+                ans.stream.cancel()
+                break
+            if ans.pieces >= soft and _SENTENCE_END.search(piece):
+                ans.soft_stopped = True
+                ans.stream.cancel()
+                break
+        result = await ans.stream.result()
+        return ("stop" if ans.soft_stopped else result.finish_reason), result.completion_tokens
 
     def _walked_away(self, ans: _Answer) -> bool:
         me = self.shard.world.get(ans.speaker)
@@ -267,15 +286,47 @@ class NpcService(NpcHook):
                                            "reason": reason, "tokens": int(tokens)})
 
     # -- memory ---------------------------------------------------------------------
-    def _remember(self, persona: Persona, line: NpcLine, answer: str) -> None:
+    async def _recall(self, persona: Persona, player_name: str) -> Memory:
+        """This NPC's memory of the player: cached, else from the database, else empty."""
+        key = (persona.id, player_name.lower())
+        mem = self._memory.get(key)
+        if mem is None:
+            rec = None
+            store = getattr(self.shard, "store", None)
+            if store is not None:
+                try:
+                    rec = await self.shard.db.call(store.load_memory, persona.id, player_name)
+                except Exception:
+                    log.warning("could not load %s's memory of %s", persona.id, player_name, exc_info=True)
+            mem = (Memory(persona.id, key[1], rec.player_name, rec.summary,
+                          tuple(Turn(a, b) for a, b in rec.turns), rec.updated_ms)
+                   if rec is not None else Memory(persona.id, key[1], player_name))
+            self._memory[key] = mem
+        return mem
+
+    async def _remember(self, persona: Persona, line: NpcLine, answer: str) -> None:
         key = (persona.id, line.speaker_name.lower())
-        mem = self._memory.get(key) or Memory(persona.id, key[1], line.speaker_name)
+        mem = await self._recall(persona, line.speaker_name)
         tok = self.engine.tokenizer
         mem, folded = remember(mem, Turn(line.text, answer.strip()), keep_tokens=self.settings.memory_tokens,
                                count=lambda t: len(tok.encode(t)), now_ms=int(time.time() * 1000))
         self._memory[key] = mem
+        await self._save(mem)
         if folded:
             self._spawn(self._summarise(key, persona, folded))
+
+    async def _save(self, mem: Memory) -> None:
+        from worldstate.records import MemoryRecord
+
+        store = getattr(self.shard, "store", None)
+        if store is None:
+            return
+        rec = MemoryRecord(mem.npc_id, mem.player_name, mem.summary,
+                           tuple((t.line, t.answer) for t in mem.turns), mem.updated_ms)
+        try:
+            await self.shard.db.call(store.save_memory, rec)
+        except Exception:
+            log.warning("could not save %s's memory of %s", mem.npc_id, mem.player_name, exc_info=True)
 
     async def _summarise(self, key, persona: Persona, folded) -> None:
         from npc.engine.sequence import Priority, SamplingParams
@@ -291,7 +342,9 @@ class NpcService(NpcHook):
             log.info("memory summary for %s skipped: %s", key, exc)
             text = ""
         mem = self._memory[key]
-        self._memory[key] = with_summary(mem, text) if text else fallback_summary(mem, folded)
+        mem = with_summary(mem, text) if text else fallback_summary(mem, folded)
+        self._memory[key] = mem
+        await self._save(mem)
 
 
 def _describe(entity) -> str:
