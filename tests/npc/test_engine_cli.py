@@ -20,3 +20,15 @@ def test_chat_requires_a_message() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["chat", "--model", "tiny"])
     assert exc.value.code == 2
+
+
+def test_bench_prints_figures_and_a_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The engine bench runs all its phases and ends with one JSON object holding every figure."""
+    import json
+
+    assert main(["bench", "--model", "tiny", "--threads", "1", "--concurrency", "4", "--npcs", "2",
+                 "--max-tokens", "4", "--persona-repeat", "1", "--arrival-ms", "1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    figures = json.loads(last)
+    assert figures["concurrency"] == 4 and figures["agg_tok_s"] > 0
+    assert figures["prefix_hit_rate"] > 0 and figures["ttft_warm_s"] > 0
