@@ -50,6 +50,7 @@ class Plan:
     idle_bots: int = 10000
     duration: float = 20.0
     world_m: float = 1000.0
+    idle_world_m: float | None = None  # None: the same world as the other scenarios
     crowd_m: float = 200.0
     aoi: float = 100.0
     speed: float = 6.0
@@ -199,8 +200,10 @@ def moving_run(plan: Plan, name: str, workdir: Path) -> list[dict]:
 def idle_run(plan: Plan, workdir: Path) -> list[dict]:
     """Idle: memory per silent connected player beyond the warmed-up empty footprint."""
     n = plan.idle_bots
+    if plan.idle_world_m is not None:
+        plan = replace(plan, world_m=plan.idle_world_m)
     radius = plan.world_m / 2
-    _log(f"idle: {n} silent bots against the shard")
+    _log(f"idle: {n} silent bots against the shard ({plan.world_m:g} m world)")
     with server_process("shard", plan, workdir, spawn_radius=radius, max_players=n + 100) as (pid, url):
         # Warm up: the first connections import and allocate what every later one reuses.
         warm = replace(bot_settings(plan, url, 20, "idle", None), duration=0.5, warmup=0.0,
@@ -271,7 +274,7 @@ def judge(rows: list[dict]) -> tuple[dict, list[str]]:
         ok = s["kb_per_player"] <= 5.0 and s["failed"] == 0
         verdicts.append(f"idle {s['bots']} players: {s['kb_per_player']} KB each beyond the empty "
                         f"footprint (<=5): {'MET' if ok else 'MISSED'}")
-    if any(r["bots_bottleneck"] for r in rows):
+    if any(r["bots_bottleneck"] for r in rows if r["scenario"] != "idle"):
         verdicts.append("BOTS ARE THE BOTTLENECK in at least one run (see bots_lag_p99_ms): "
                         "its latencies overstate the server's")
     return ratios, verdicts
@@ -309,6 +312,8 @@ def parse_plan(argv: list[str] | None) -> tuple[Plan, str | None]:
     p.add_argument("--idle-bots", type=int)
     p.add_argument("--duration", type=float)
     p.add_argument("--observers", type=int)
+    p.add_argument("--idle-world-m", type=float,
+                   help="side of the idle scenario's square world (default: 1000, as the others)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline runs")
     p.add_argument("--no-pin", action="store_true", help="do not pin the shard and the bots to cores")
     p.add_argument("--json", dest="json_path", help="also write the final JSON here")
@@ -316,7 +321,7 @@ def parse_plan(argv: list[str] | None) -> tuple[Plan, str | None]:
     kw: dict = {"scenarios": tuple(s for s in a.scenarios.split(",") if s), "naive": not a.no_naive}
     if a.quick:
         kw.update(spread_bots=100, crowd_bots=50, idle_bots=500, duration=5.0)
-    for k in ("spread_bots", "crowd_bots", "idle_bots", "duration", "observers"):
+    for k in ("spread_bots", "crowd_bots", "idle_bots", "duration", "observers", "idle_world_m"):
         if getattr(a, k) is not None:
             kw[k] = getattr(a, k)
     cpus = sorted(os.sched_getaffinity(0))

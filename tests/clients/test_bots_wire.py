@@ -155,9 +155,10 @@ def walk(bot, seq: int, t: float) -> None:
     bot._remember((round(bot.x * 100), round(bot.z * 100)), seq, t)
 
 
-@pytest.mark.parametrize("delivered,observer_leaves,missed", [(True, False, 0), (False, False, 1), (False, True, 0)])
-def test_probe_counts_a_move_never_seen_as_missed(delivered, observer_leaves, missed):
-    """A probed move not seen by an observer inside the aoi is missed; seen or walked away is not."""
+@pytest.mark.parametrize("delivered,observer_leaves,later_acked,missed,undecided", [
+    (True, False, True, 0, 0), (False, False, True, 1, 0), (False, True, True, 0, 0), (False, False, False, 0, 1)])
+def test_probe_counts_a_move_never_seen_as_missed(delivered, observer_leaves, later_acked, missed, undecided):
+    """A probed move not seen by an observer inside the aoi is missed; seen, walked away, or unprovable is not."""
     swarm = placed_swarm([(0.0, 0.0), (50.0, 0.0), (150.0, 0.0)])
     mover, near, far = swarm.bots
     truth = Truth(aoi=100.0, slack_m=1.0, probe_timeout=1.0)
@@ -169,9 +170,12 @@ def test_probe_counts_a_move_never_seen_as_missed(delivered, observer_leaves, mi
         near.matched(mover, 5, 10.0, now=10.05)
     if observer_leaves:
         near.x = 500.0
-    truth.close_probes(swarm.bots, now=11.5)
+    # Two later moves applied by the shard prove what the observer should have seen by now.
+    mover.last_acked = (7, 10.2) if later_acked else (5, 10.0)
+    truth.close_probes(swarm.bots, now=11.5, final=not later_acked)
     report = truth.report()["missed_updates"]
-    assert report["missed"] == missed and report["probes"] == 1
+    assert report["missed"] == missed and report["undecided"] == undecided
+    assert report["probes"] == 1 - undecided
     assert mover.probe is None
 
 
