@@ -18,22 +18,30 @@ def clamp_move(prev: Pose, req: Pose, dt_s: float, bounds: tuple[float, float, f
     (`minx, minz, maxx, maxz`). Non-finite requested values keep the previous value, and a
     negative `dt_s` counts as zero, so a malformed request can never corrupt the truth.
     """
-    rx = req.x if math.isfinite(req.x) else prev.x
-    ry = req.y if math.isfinite(req.y) else prev.y
-    rz = req.z if math.isfinite(req.z) else prev.z
-    yaw = req.yaw if math.isfinite(req.yaw) else prev.yaw
+    isfinite = math.isfinite
+    rx, ry, rz, yaw = req.x, req.y, req.z, req.yaw
+    px, py, pz = prev.x, prev.y, prev.z
+    # Plain comparisons rather than min/max calls: this runs for every move of every player.
+    if not isfinite(rx):
+        rx = px
+    if not isfinite(ry):
+        ry = py
+    if not isfinite(rz):
+        rz = pz
+    if not isfinite(yaw):
+        yaw = prev.yaw
     minx, minz, maxx, maxz = bounds
     # Clamp the target first so a far out-of-bounds request still moves along the border.
-    rx = min(max(rx, minx), maxx)
-    rz = min(max(rz, minz), maxz)
-    dt = min(max(dt_s, 0.0), MAX_DT_S) if math.isfinite(dt_s) else 0.0
+    rx = minx if rx < minx else maxx if rx > maxx else rx
+    rz = minz if rz < minz else maxz if rz > maxz else rz
+    dt = (0.0 if dt_s < 0.0 else MAX_DT_S if dt_s > MAX_DT_S else dt_s) if isfinite(dt_s) else 0.0
     max_dist = speed * dt
-    dx, dy, dz = rx - prev.x, ry - prev.y, rz - prev.z
-    dist = math.sqrt(dx * dx + dy * dy + dz * dz)
-    if dist > max_dist:
-        f = max_dist / dist
-        rx, ry, rz = prev.x + dx * f, prev.y + dy * f, prev.z + dz * f
-    # prev itself may lie outside (a teleport has no rules); bounds always win.
-    rx = min(max(rx, minx), maxx)
-    rz = min(max(rz, minz), maxz)
+    dx, dy, dz = rx - px, ry - py, rz - pz
+    d2 = dx * dx + dy * dy + dz * dz
+    if d2 > max_dist * max_dist:
+        f = max_dist / math.sqrt(d2)
+        rx, ry, rz = px + dx * f, py + dy * f, pz + dz * f
+        # prev itself may lie outside (a teleport has no rules); bounds always win.
+        rx = minx if rx < minx else maxx if rx > maxx else rx
+        rz = minz if rz < minz else maxz if rz > maxz else rz
     return Pose(rx, ry, rz, yaw)

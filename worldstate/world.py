@@ -163,7 +163,9 @@ class World:
         return s is not None and self._views.view_of(s) is not None
 
     def view_ids(self, observer_id: str) -> set[str]:
-        """Ids in an observer's view as of the last tick (or reset); UnknownEntity if it has none."""
+        """Ids in an observer's view as of the last tick or reset, less entities removed since
+        (their leaves are queued for the next tick); UnknownEntity if it has no view.
+        """
         view = self._views.view_of(self._require(observer_id))
         if view is None:
             raise UnknownEntity(observer_id)
