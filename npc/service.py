@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -120,7 +121,7 @@ class NpcService(NpcHook):
     async def _load(self) -> None:
         started = time.monotonic()
         try:
-            self.engine = await asyncio.to_thread(load_engine, self.settings)
+            self.engine = await _in_daemon_thread(load_engine, self.settings)
             self.engine.start()
         except Exception:
             log.exception("NPC engine failed to load; NPCs will answer busy")
@@ -345,6 +346,30 @@ class NpcService(NpcHook):
         mem = with_summary(mem, text) if text else fallback_summary(mem, folded)
         self._memory[key] = mem
         await self._save(mem)
+
+
+async def _in_daemon_thread(fn, *args):
+    """Run a blocking call on a daemon thread: unlike the default executor, a shutdown
+    never waits for it (a model still loading must not hold up SIGTERM)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(outcome, ok: bool) -> None:
+        if not done.done():
+            done.set_result(outcome) if ok else done.set_exception(outcome)
+
+    def work() -> None:
+        try:
+            outcome, ok = fn(*args), True
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome, ok = exc, False
+        try:
+            loop.call_soon_threadsafe(settle, outcome, ok)
+        except RuntimeError:  # the loop is gone: nobody is waiting any more
+            pass
+
+    threading.Thread(target=work, name="npc-load", daemon=True).start()
+    return await done
 
 
 def _describe(entity) -> str:

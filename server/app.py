@@ -35,6 +35,20 @@ def _web_root(settings: Settings) -> Path:
     return Path(settings.web_root).resolve() if settings.web_root else WEB_ROOT
 
 
+def _npc_hook(settings: Settings) -> NpcHook:
+    """The NPC service the settings ask for (imported lazily: it brings PyTorch)."""
+    if settings.npc_model == "none":
+        return NpcHook()
+    from npc.service import NpcService, NpcSettings
+
+    model = None if settings.npc_model == "default" else settings.npc_model
+    return NpcService(NpcSettings(
+        model=model, device=settings.npc_device, dtype=settings.npc_dtype,
+        max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
+        context_tokens=settings.npc_context_tokens, memory_tokens=settings.npc_memory_tokens,
+        answer_timeout_s=settings.npc_answer_timeout_s, threads=settings.npc_threads))
+
+
 def _load_config(settings: Settings):
     return load_world(settings.world) if settings.world else default_world()
 
@@ -51,7 +65,7 @@ async def run_shard(settings: Settings, *, npcs: NpcHook | None = None):
         secret = settings.secret or await db.call(store.get_secret)
         signer = TokenSigner(secret, settings.token_ttl_s)
         stored = await db.call(store.load_objects)
-        shard = Shard(settings, config, store, db, signer, npcs)
+        shard = Shard(settings, config, store, db, signer, npcs if npcs is not None else _npc_hook(settings))
         if settings.mqtt:  # one world of many shards: reach the others through the broker
             from server.mqtt import MqttRelay
             shard.relay = MqttRelay(shard)

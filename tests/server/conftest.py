@@ -12,7 +12,9 @@ from server.settings import Settings
 
 def shard_settings(tmp_path: Path, **overrides) -> Settings:
     """Settings for a test shard: loopback, a free port, a SQLite file under tmp_path."""
-    base = dict(host="127.0.0.1", port=0, db=f"sqlite:///{tmp_path / 'world.db'}", shard="test")
+    # NPCs stay silent unless a test asks for a model (loading one costs seconds).
+    base = dict(host="127.0.0.1", port=0, db=f"sqlite:///{tmp_path / 'world.db'}", shard="test",
+                npc_model="none")
     base.update(overrides)
     return Settings(**base)
 
