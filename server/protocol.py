@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re as _re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -24,8 +24,11 @@ class ProtocolError(ClientError):
     """An inbound frame that is not a valid protocol v1 message."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+# Messages are NamedTuples: typed and immutable like frozen dataclasses, but several times
+# cheaper to build, which matters at tens of thousands of moves per second.
+
+
+class Hello(NamedTuple):
     v: int
     name: str | None
     password: str | None
@@ -33,8 +36,7 @@ class Hello:
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
+class Move(NamedTuple):
     seq: int
     x: float
     y: float
@@ -43,22 +45,19 @@ class Move:
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(NamedTuple):
     ct: object
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Chat:
+class Chat(NamedTuple):
     text: str
     channel: str
     to: str | None
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
+class Place(NamedTuple):
     shape: str
     x: float
     y: float
@@ -69,19 +68,16 @@ class Place:
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Remove:
+class Remove(NamedTuple):
     target: str
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class Who:
+class Who(NamedTuple):
     id: MsgId = None
 
 
-@dataclass(frozen=True, slots=True)
-class NpcCancel:
+class NpcCancel(NamedTuple):
     reply: str
     id: MsgId = None
 
@@ -155,7 +151,25 @@ def parse(frame: str | bytes, *, max_chat: int = 500, name_pattern: str = r"[A-Z
         if not isinstance(kind, str):
             raise ProtocolError(INVALID, "t: required string", field="t", re=msg_id)
         raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}", re=msg_id)
+    if decoder is _move:  # the hot path: most frames are moves
+        move = _fast_move(obj, msg_id)
+        if move is not None:
+            return move
     return decoder(_Fields(obj, msg_id), max_chat, name_pattern)
+
+
+def _num(v) -> bool:
+    return (type(v) is float or type(v) is int) and math.isfinite(v)
+
+
+def _fast_move(obj: dict, msg_id: MsgId) -> Move | None:
+    """A well-formed move without per-field bookkeeping; None sends it the slow way
+    (which names the offending field)."""
+    get = obj.get
+    seq, x, y, z, yaw = get("seq"), get("x"), get("y"), get("z"), get("yaw", 0.0)
+    if type(seq) is int and 0 <= seq < 2**53 and _num(x) and _num(y) and _num(z) and _num(yaw):
+        return Move(seq, float(x), float(y), float(z), float(yaw), msg_id)
+    return None
 
 
 def _hello(f: _Fields, max_chat: int, name_pattern: str) -> Hello:
