@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--players", type=int, default=50, help="players on each shard")
     parser.add_argument("--mqtt", help="an existing broker (default: start mosquitto)")
     parser.add_argument("--db", help="shared database URL (default: a temporary SQLite file)")
+    parser.add_argument("--chat-lines", type=float, default=5.0,
+                        help="the shards' chat limit per player per 10 s (raise it to test rate, not fan-out)")
     args = parser.parse_args(argv)
-    if args.rate * 10 / 60 > args.players * 2 * 5:
+    if args.rate * 10 / 60 > args.players * 2 * args.chat_lines:
         parser.error("rate too high for the chat limit: add --players")
     with tempfile.TemporaryDirectory(prefix="crossshard-") as tmp:
         broker = None if args.mqtt else Broker(Path(tmp) / "broker")
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 broker.start()
             url = args.mqtt or broker.url
             db = args.db or f"sqlite:///{tmp}/world.db"
-            shards = [ShardProcess(s, cwd=Path(tmp), mqtt=url, db=db) for s in "ab"]
+            extra = ("--chat-lines", str(args.chat_lines))
+            shards = [ShardProcess(s, cwd=Path(tmp), mqtt=url, db=db, extra=extra) for s in "ab"]
             result = asyncio.run(run(args, {s.name: s.ws for s in shards}))
         finally:
             for s in shards:

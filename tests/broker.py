@@ -77,6 +77,9 @@ class Broker:
             "log_type information",
             "connection_messages true",
             "max_queued_messages 100000",
+            # Nagle's algorithm against delayed ACKs holds small messages up to ~40 ms;
+            # chat lines are small and latency is what we measure.
+            "set_tcp_nodelay true",
             # Started as root, mosquitto would drop to user "mosquitto", which cannot read
             # files under a private pytest tmp dir; stay the user we are.
             f"user {getpass.getuser()}",
