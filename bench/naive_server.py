@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -174,14 +175,27 @@ class NaiveShard:
                     pass
 
 
-async def serve_naive(cfg: NaiveConfig) -> None:
-    """Run the naive shard until cancelled; print the ready line the load script parses."""
+@contextlib.asynccontextmanager
+async def naive_shard(cfg: NaiveConfig):
+    """Serve the naive shard (tick loop included) while the block runs; yield its ws:// URL."""
     shard = NaiveShard(cfg)
     async with serve(shard.handler, cfg.host, cfg.port, subprotocols=["world.v1"],
                      compression=None, max_queue=None) as server:
         host, port = server.sockets[0].getsockname()[:2]
-        print(f"Naive shard ready: WebSocket ws://{host}:{port}/ws", flush=True)
-        await shard.tick_loop()
+        ticker = asyncio.create_task(shard.tick_loop())
+        try:
+            yield f"ws://{host}:{port}/ws"
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+
+async def serve_naive(cfg: NaiveConfig) -> None:
+    """Run the naive shard until cancelled; print the ready line the load script parses."""
+    async with naive_shard(cfg) as url:
+        print(f"Naive shard ready: WebSocket {url}", flush=True)
+        await asyncio.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> int:
