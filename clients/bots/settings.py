@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, fields
 from urllib.parse import urlsplit
 
@@ -61,6 +62,8 @@ class BotSettings:
             x0, z0, x1, z1 = self.area
             if not (x0 < x1 and z0 < z1):
                 raise ValueError("area must be x0,z0,x1,z1 with x0 < x1 and z0 < z1")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,12}", self.name_prefix):
+            raise ValueError("name_prefix must be 1-12 of A-Z a-z 0-9 _ - (names are at most 24)")
         if self.plot_path is not None and not self.plot_path.endswith(".png"):
             raise ValueError("plot path must end with .png")
 

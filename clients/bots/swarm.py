@@ -94,8 +94,13 @@ class Swarm:
             speed = float(msg.get("speed") or 5.0)
             tick_hz = float(msg.get("tick_hz") or 20.0)
             self.step_m = speed * self.s.speed_fraction / self.s.rate
+            bounds = tuple(msg.get("bounds") or (-50.0, -50.0, 50.0, 50.0))
             if self.area is None:
-                self.area = tuple(msg.get("bounds") or (-50.0, -50.0, 50.0, 50.0))
+                self.area = bounds
+            else:  # walking outside the world would only get every move clamped
+                x0, z0, x1, z1 = self.area
+                clipped = (max(x0, bounds[0]), max(z0, bounds[1]), min(x1, bounds[2]), min(z1, bounds[3]))
+                self.area = clipped if clipped[0] < clipped[2] and clipped[1] < clipped[3] else bounds
             # Two bots closing at walking speed for one tick, one move interval and 100 ms in flight.
             walk = speed * self.s.speed_fraction
             slack = 2 * walk * (1 / tick_hz + 1 / self.s.rate + 0.1) + 0.05

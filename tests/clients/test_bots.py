@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from clients.bots import BotSettings, run_bots
+from clients.bots.swarm import Swarm
 from server.app import run_shard
 from server.npcs import NpcHook, NpcLine
 from tests.server.conftest import shard_settings
@@ -50,7 +51,10 @@ def quick(url: str, **kw) -> BotSettings:
 async def test_move_run_reports_sane_numbers(tmp_path, world_file):
     """Six walking bots on a quiet shard: all connect, acks are timed, no update is missed, views are complete."""
     async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
-        r = await run_bots(quick(shard.ws_url, scenario="move"))
+        # An area wider than the world: the bots must keep to the world's bounds by themselves.
+        swarm = Swarm(quick(shard.ws_url, scenario="move", area=(-100.0, -60.0, 100.0, 30.0)))
+        r = await swarm.run()
+    assert swarm.area == (-40.0, -40.0, 40.0, 30.0)
     assert REPORT_KEYS <= set(r)
     assert r["connections"]["made"] == 6 and r["connections"]["failed"] == 0
     assert r["connections"]["welcomed"] == 6

@@ -205,3 +205,5 @@ def test_settings_reject_bad_values():
         BotSettings(url="ws://127.0.0.1:1/ws", rate=31)
     with pytest.raises(ValueError, match="area"):
         BotSettings(url="ws://127.0.0.1:1/ws", area=(10, 0, 0, 10))
+    with pytest.raises(ValueError, match="name_prefix"):
+        BotSettings(url="ws://127.0.0.1:1/ws", name_prefix="much-too-long-prefix")
