@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-budget-mb", type=float, default=512.0)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    from npc.remote.worker import add_arguments  # --mqtt: the scale-out transport
+
+    add_arguments(p)
     return p
 
 
@@ -145,6 +148,10 @@ def _write_line(obj: dict[str, Any]) -> None:
 async def _main(args: argparse.Namespace) -> None:
     engine = await asyncio.to_thread(build_engine, args)
     engine.start()
+    if args.mqtt:
+        from npc.remote.worker import serve_from_args
+
+        return await serve_from_args(engine, args)
     worker = Worker(InProcessQueue(engine), _write_line)
     log.info("npc worker ready: model %s on %s; JSON lines on stdin/stdout", args.model or "default",
              engine.core.runner.device)

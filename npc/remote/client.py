@@ -1,0 +1,386 @@
+"""The shard side: `RemoteEngine`, an Engine look-alike whose answers come from MQTT workers.
+
+`NpcService(settings, engine=RemoteEngine(...))` works unchanged: `submit()` returns a
+stream with the in-process `ReplyStream`'s interface (iterate pieces, `await result()`,
+`cancel()`), `in_flight`, `tokenizer`, `start()`, `await aclose()` and `metrics`.
+
+Each request's life, as the shard sees it: sent (shared subscription: the broker picks a
+worker) -> accepted by one worker (the first `accepted` binds it; any other worker serving
+the same id is told to cancel) -> pieces in order by their number `n` (duplicates dropped,
+early ones held) -> exactly one end. A worker that dies (its last will clears its load
+report, or its reports stop for `worker_lost_s`) ends its begun answers with `error`; those
+no player has seen a piece of yet are offered again, as are requests no worker accepted
+within `accept_timeout_s`.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence as Seq
+
+import orjson
+
+from npc.engine.engine import Result, Timings
+from npc.engine.errors import Busy, EngineClosed
+from npc.engine.sequence import Priority, SamplingParams
+from npc.queue import Accepted, Done, GenerateRequest, Piece, Rejected, Sampling, WireError, parse
+from npc.remote.link import Link, Outgoing
+from npc.remote.metrics import RemoteMetrics
+from npc.remote.wire import NpcTopics, RecentIds, RemoteSettings, WorkerLoad, parse_reply_batch
+
+log = logging.getLogger("worldsmith.npc.remote")
+
+EARLY_LIMIT = 1024  # pieces held while an earlier one is missing
+
+
+class RemoteReplyStream:
+    """One remote answer: iterate for text pieces, `await result()` for the end, `cancel()` any time."""
+
+    def __init__(self, engine: "RemoteEngine", request: GenerateRequest, deadline: float | None) -> None:
+        self._engine = engine
+        self.request = request
+        self.deadline = deadline          # monotonic
+        self.submitted = time.monotonic()
+        self.sent_at = self.submitted     # last time it was offered to the workers
+        self.attempts = 1
+        self.worker: str | None = None    # the worker serving it, once one accepted
+        self.abandoned: set[str] = set()  # workers whose messages for it are ignored
+        self.next_n = 0
+        self.early: dict[int, str] = {}
+        self.text: list[str] = []
+        self.first_piece: float | None = None
+        self.cancel_at: float | None = None
+        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self._result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+
+    @property
+    def id(self) -> str:
+        """The request id on the wire."""
+        return self.request.request_id
+
+    @property
+    def begun(self) -> bool:
+        """True once a piece reached the consumer (it can no longer be offered again)."""
+        return self.first_piece is not None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        while (piece := await self._pieces.get()) is not None:
+            yield piece
+
+    async def result(self) -> Result:
+        """Wait for the end of the answer (after cancel(), the cancelled result)."""
+        return await asyncio.shield(self._result)
+
+    @property
+    def done(self) -> bool:
+        return self._result.done()
+
+    def cancel(self) -> None:
+        """Stop the answer: the worker is told to stop (freeing its batch slot); if it doesn't
+        confirm within cancel_grace_s, or had not accepted yet, the answer ends here."""
+        if not self.done:
+            self._engine._cancel(self)
+
+    # -- fed by the engine ------------------------------------------------------------
+    def _piece(self, n: int, text: str) -> bool:
+        """Take piece number n; returns False for a duplicate."""
+        if n < self.next_n or n in self.early:
+            return False
+        if n > self.next_n:
+            if len(self.early) < EARLY_LIMIT:
+                self.early[n] = text
+            return True
+        self._deliver(text)
+        while self.next_n in self.early:
+            self._deliver(self.early.pop(self.next_n))
+        return True
+
+    def _deliver(self, text: str) -> None:
+        self.next_n += 1
+        if self.first_piece is None:
+            self.first_piece = time.monotonic()
+        if text:
+            self.text.append(text)
+            self._pieces.put_nowait(text)
+
+    def _finish(self, reason: str, *, text: str | None = None, prompt_tokens: int = 0,
+                completion_tokens: int | None = None, detail: str | None = None) -> Result:
+        """End the answer. `text` is the worker's full answer: whatever pieces did not arrive
+        are delivered as one last piece, so the streamed text always equals the result's."""
+        have = "".join(self.text)
+        if text is not None and len(text) > len(have) and text.startswith(have):
+            self._deliver(text[len(have):])
+        now = time.monotonic()
+        ttft = None if self.first_piece is None else self.first_piece - self.submitted
+        result = Result("".join(self.text), reason, prompt_tokens,
+                        self.next_n if completion_tokens is None else completion_tokens,
+                        Timings(ttft, now - self.submitted), (), detail)
+        self._pieces.put_nowait(None)
+        self._result.set_result(result)
+        return result
+
+
+Messages = Seq[Mapping[str, str]]
+
+
+class RemoteEngine:
+    """Generates NPC answers on remote workers through an MQTT broker; an Engine stand-in."""
+
+    def __init__(self, settings: RemoteSettings, *, tokenizer) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.shard = settings.shard or f"s-{secrets.token_hex(4)}"
+        self.topics = NpcTopics(settings.world_prefix)
+        self.reply_topic = self.topics.reply(self.shard)
+        self.workers: dict[str, WorkerLoad] = {}
+        self.metrics = RemoteMetrics(self)
+        self._seen_at: dict[str, float] = {}     # worker -> monotonic time of its last report
+        self._calls: dict[str, RemoteReplyStream] = {}
+        self._ids = itertools.count(1)
+        self._nonce = secrets.token_hex(3)
+        self._closed = False
+        self._tasks: list[asyncio.Task] = []
+        self._workers_changed = asyncio.Event()
+        self._told = RecentIds()                  # worker/request pairs already told to stop
+        self.link = Link(settings.url, identifier=f"npc-shard-{self.shard}-{self._nonce}",
+                         subscriptions=[(self.reply_topic, 1), (self.topics.workers_all, 1)],
+                         on_message=self._on_message, username=settings.username,
+                         password=settings.password, name=f"npc client {self.shard}")
+        self.link.on_down = self._link_down
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the broker link and the timeout checks (idempotent; needs a running loop)."""
+        if self._tasks or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.link.run(), name="npc-remote-link"),
+                       loop.create_task(self._watch(), name="npc-remote-watch")]
+
+    async def aclose(self) -> None:
+        """Cancel every answer in flight (told to the workers when reachable) and disconnect."""
+        self._closed = True
+        for call in list(self._calls.values()):
+            if call.worker is not None:
+                await self.link.publish_now(self._cancel_msg(call.worker, call.id), timeout=0.5)
+            self._end(call, "cancelled", detail="engine closed")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def __aenter__(self) -> "RemoteEngine":
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def wait_for_workers(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until `count` live workers are known (raises TimeoutError)."""
+        await self.wait_for_reports(lambda workers: len([w for w in workers.values() if w.state == "serving"])
+                                    >= count, timeout)
+
+    async def wait_for_reports(self, predicate, timeout: float = 10.0) -> None:
+        """Wait until `predicate(self.workers)` holds, re-checked on each load report (TimeoutError)."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.workers):
+                self._workers_changed.clear()
+                await self._workers_changed.wait()
+
+    def live_workers(self) -> list[WorkerLoad]:
+        """Workers reporting and accepting requests."""
+        return [w for w in self.workers.values() if w.state == "serving"]
+
+    # -- requests -------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """This shard's answers not yet ended."""
+        return len(self._calls)
+
+    def submit(self, messages: Messages | None = None, params: SamplingParams | None = None, *,
+               prompt_ids: list[int] | None = None, deadline: float | None = None,
+               timeout: float | None = None, priority: Priority = Priority.NORMAL) -> RemoteReplyStream:
+        """Send one answer request to the workers; same arguments and errors as `Engine.submit`.
+
+        Raises Busy at once when the broker is down, no worker is serving, or every known
+        worker is full; EngineClosed after aclose; ValueError for bad arguments.
+        """
+        if (messages is None) == (prompt_ids is None):
+            raise ValueError("pass exactly one of messages or prompt_ids")
+        if self._closed:
+            raise EngineClosed("the remote engine is closed")
+        self._admit()
+        params = params or SamplingParams()
+        now = time.monotonic()
+        if timeout is not None:
+            deadline = min(deadline, now + timeout) if deadline is not None else now + timeout
+        try:
+            request = GenerateRequest(
+                f"{self.shard}.{self._nonce}.{next(self._ids)}",
+                tuple((m["role"], m["content"]) for m in messages) if messages is not None else (),
+                tuple(prompt_ids) if prompt_ids is not None else None, Sampling.from_params(params),
+                None if deadline is None else time.time() + (deadline - now), priority.name.lower())
+        except WireError as e:
+            raise ValueError(str(e)) from None
+        call = RemoteReplyStream(self, request, deadline)
+        self._calls[call.id] = call
+        self._offer(call)
+        return call
+
+    def _admit(self) -> None:
+        if not self.link.connected.is_set():
+            self.metrics.busy_local += 1
+            raise Busy("the MQTT broker is unreachable")
+        live = self.live_workers()
+        if not live:
+            self.metrics.busy_local += 1
+            raise Busy("no NPC worker is serving")
+        # Reports lag a little, so two checks: the workers' own counts, and our own total.
+        if all(w.in_flight >= w.capacity for w in live) or len(self._calls) >= sum(w.capacity for w in live):
+            self.metrics.busy_local += 1
+            raise Busy(f"every NPC worker is full ({sum(w.capacity for w in live)} answers)")
+
+    def _offer(self, call: RemoteReplyStream) -> None:
+        payload = call.request.to_wire()
+        payload["reply"] = self.reply_topic
+        self.link.outbox.put(Outgoing(self.topics.requests, orjson.dumps(payload)))
+
+    def _cancel_msg(self, worker: str, rid: str) -> Outgoing:
+        return Outgoing(self.topics.cancel(worker), orjson.dumps({"t": "cancel", "id": rid}))
+
+    def _cancel(self, call: RemoteReplyStream) -> None:
+        if call.worker is None:
+            self._end(call, "cancelled")  # any worker that accepts it later is told to stop
+        elif call.cancel_at is None:
+            call.cancel_at = time.monotonic()
+            self.link.outbox.put(self._cancel_msg(call.worker, call.id))
+
+    def _end(self, call: RemoteReplyStream, reason: str, **kw) -> None:
+        if call.done:
+            return
+        self._calls.pop(call.id, None)
+        result = call._finish(reason, **kw)
+        self.metrics.finished(result)
+
+    # -- inbound --------------------------------------------------------------------
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.reply_topic:
+            worker, messages = parse_reply_batch(payload)
+            for obj in messages:
+                try:
+                    self._on_reply(worker, parse(obj))
+                except WireError as e:
+                    log.warning("ignored a bad reply from worker %s: %s", worker, e)
+        elif (worker := self.topics.worker_of(topic)) is not None:
+            self._on_load(worker, payload)
+
+    def _on_reply(self, worker: str, msg) -> None:
+        call = self._calls.get(msg.request_id)
+        if call is None or worker in call.abandoned:
+            if isinstance(msg, (Accepted, Piece)):
+                self._tell_stop(worker, msg.request_id, call)
+            return
+        if call.worker is None:
+            call.worker = worker  # the first worker heard from serves it
+            if call.cancel_at is not None:
+                self.link.outbox.put(self._cancel_msg(worker, call.id))
+        elif call.worker != worker:
+            if isinstance(msg, (Accepted, Piece)):
+                self._tell_stop(worker, call.id, call)  # a duplicate delivery served twice
+            return
+        if isinstance(msg, Piece):
+            if not call._piece(msg.n, msg.text):
+                self.metrics.duplicates += 1
+        elif isinstance(msg, Done):
+            self._end(call, msg.finish_reason, text=msg.text, prompt_tokens=msg.prompt_tokens,
+                      completion_tokens=msg.completion_tokens, detail=msg.detail)
+        elif isinstance(msg, Rejected) and msg.reason == "closed":
+            self._reoffer(call, f"worker {worker} is shutting down")  # another worker may take it
+        elif isinstance(msg, Rejected):
+            # A worker that refuses looks like the engine refusing: `busy`, as in-process.
+            self.metrics.busy_remote += 1
+            self._end(call, "busy", detail=f"{msg.reason}: {msg.message}")
+
+    def _tell_stop(self, worker: str, rid: str, call: RemoteReplyStream | None) -> None:
+        """Ask `worker` to stop generating `rid` (once): nobody here is waiting for its answer."""
+        if call is not None:
+            call.abandoned.add(worker)
+        key = f"{worker}/{rid}"
+        if key in self._told:
+            return
+        self._told.add(key)
+        self.metrics.duplicates += 1
+        self.link.outbox.put(self._cancel_msg(worker, rid))
+
+    def _on_load(self, worker: str, payload: bytes) -> None:
+        if not payload:  # its last will, or a clean leave
+            self._worker_gone(worker, "left")
+            return
+        try:
+            load = WorkerLoad.from_payload(worker, payload)
+        except ValueError as e:
+            log.warning("%s", e)
+            return
+        self.workers[worker] = load
+        self._seen_at[worker] = time.monotonic()
+        self._workers_changed.set()
+
+    def _worker_gone(self, worker: str, why: str) -> None:
+        known = self.workers.pop(worker, None) is not None
+        self._seen_at.pop(worker, None)
+        self._workers_changed.set()
+        if known:
+            log.warning("NPC worker %s %s", worker, why)
+            self.metrics.workers_lost += 1
+        for call in [c for c in self._calls.values() if c.worker == worker]:
+            self._reoffer(call, f"worker {worker} {why}")
+
+    def _reoffer(self, call: RemoteReplyStream, why: str) -> None:
+        """Offer a request again, unless a player saw part of it or its attempts are spent."""
+        if call.worker is not None:
+            call.abandoned.add(call.worker)
+        if call.begun or call.cancel_at is not None:
+            self._end(call, "error" if call.cancel_at is None else "cancelled", detail=why)
+        elif call.attempts >= self.settings.max_attempts or not self.link.connected.is_set():
+            self._end(call, "error", detail=f"{why}; not offered again")
+        else:
+            call.attempts += 1
+            call.worker = None
+            call.sent_at = time.monotonic()
+            self.metrics.reoffered += 1
+            self._offer(call)
+
+    def _link_down(self) -> None:
+        # New requests get Busy until the retained reports come back on reconnect. Answers in
+        # flight keep their workers: they end when worker_lost_s passes without a report.
+        self.workers.clear()
+        self._workers_changed.set()
+
+    # -- timeouts -------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Apply the time bounds: lost workers, unaccepted requests, cancels, deadlines."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.check_every_s)  # the checks' period, not synchronisation
+            now = time.monotonic()
+            for worker, seen in list(self._seen_at.items()):
+                if now - seen > s.worker_lost_s:
+                    self._worker_gone(worker, f"silent for {s.worker_lost_s:g} s")
+            for call in list(self._calls.values()):
+                self._check(call, now)
+
+    def _check(self, call: RemoteReplyStream, now: float) -> None:
+        s = self.settings
+        if call.cancel_at is not None and now - call.cancel_at > s.cancel_grace_s:
+            self._end(call, "cancelled", detail="the worker did not confirm the cancel")
+        elif call.deadline is not None and now > call.deadline + s.deadline_grace_s:
+            self._end(call, "cancelled", detail="deadline")
+        elif call.worker is None and now - call.sent_at > s.accept_timeout_s:
+            self._reoffer(call, f"no worker accepted it in {s.accept_timeout_s:g} s")
