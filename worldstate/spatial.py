@@ -8,10 +8,11 @@ import numpy as np
 
 
 class Grid:
-    """Uniform grid of square cells mapping cell -> set of keys (ints), with their x-z positions.
+    """Uniform grid of square cells mapping cell -> the keys (ints) standing in it.
 
-    Positions are kept in plain lists indexed by key so range queries stay in fast Python;
-    a cell holds at most the keys standing in it, so a query touches only nearby keys.
+    The grid remembers each key's cell, not its position: callers keep positions in plain
+    lists indexed by key. A bucket is a dict with None values used as a set, because a dict
+    of ints is invisible to Python's cyclic GC while a set is not.
     """
 
     __slots__ = ("cell", "_cells", "_where")
@@ -20,7 +21,7 @@ class Grid:
         if not (cell > 0 and math.isfinite(cell)):
             raise ValueError(f"cell size must be a positive finite number, got {cell!r}")
         self.cell = float(cell)
-        self._cells: dict[tuple[int, int], set[int]] = {}
+        self._cells: dict[tuple[int, int], dict[int, None]] = {}
         self._where: dict[int, tuple[int, int]] = {}
 
     def _key(self, x: float, z: float) -> tuple[int, int]:
@@ -39,9 +40,9 @@ class Grid:
         self._where[key] = ck
         bucket = self._cells.get(ck)
         if bucket is None:
-            self._cells[ck] = {key}
+            self._cells[ck] = {key: None}
         else:
-            bucket.add(key)
+            bucket[key] = None
 
     def update(self, key: int, x: float, z: float) -> None:
         """Record that `key` now stands at (x, z); cheap when it stays in its cell."""
@@ -53,9 +54,9 @@ class Grid:
         self._where[key] = ck
         bucket = self._cells.get(ck)
         if bucket is None:
-            self._cells[ck] = {key}
+            self._cells[ck] = {key: None}
         else:
-            bucket.add(key)
+            bucket[key] = None
 
     def remove(self, key: int) -> None:
         """Take `key` out of the grid (no-op when absent)."""
@@ -65,12 +66,13 @@ class Grid:
 
     def _discard(self, key: int, ck: tuple[int, int]) -> None:
         bucket = self._cells[ck]
-        bucket.discard(key)
+        del bucket[key]
         if not bucket:
             del self._cells[ck]
 
-    def candidates(self, x: float, z: float, radius: float) -> Iterator[set[int]]:
-        """Yield the cell sets that may hold keys within `radius` of (x, z) (a superset)."""
+    def candidates(self, x: float, z: float, radius: float) -> Iterator[dict[int, None]]:
+        """Yield the cell buckets (iterate them for keys) that may hold keys within `radius`
+        of (x, z): a superset of the keys in range."""
         c = self.cell
         x0, x1 = math.floor((x - radius) / c), math.floor((x + radius) / c)
         z0, z1 = math.floor((z - radius) / c), math.floor((z + radius) / c)

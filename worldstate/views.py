@@ -42,6 +42,10 @@ class ViewDiff:
 class Views:
     """Observers' views over the world's slots (see the module docstring for how)."""
 
+    # Roughly how many band pairs one exact query for a loose endpoint costs, measured
+    # (a ~100 us grid query against ~25 ns per pair in the numpy pass).
+    LOOSE_COST = 4000
+
     def __init__(self, aoi: float, *, ents: list[Entity | None], xs: list[float], zs: list[float],
                  grid: Grid, skin: float | None = None, rebuild_limit: int | None = None) -> None:
         """Views over the world's slot table (`ents`, `xs`, `zs`, shared, not copied) and `grid`."""
@@ -54,8 +58,11 @@ class Views:
         self._r2 = aoi * aoi
         self._ents, self._xs, self._zs, self._grid = ents, xs, zs, grid
         self._rebuild_limit = rebuild_limit
-        self._watchers: list[set[int]] = []      # slot -> observer slots that see it
-        self._views: dict[int, set[int]] = {}     # observer slot -> slots it sees
+        # Views and their reverse index are dicts with None values, used as sets: a dict
+        # holding only ints is not tracked by Python's cyclic GC, a set always is, and a
+        # full collection walking a million set entries stalls the shard for tens of ms.
+        self._watchers: list[dict[int, None]] = []  # slot -> observer slots that see it
+        self._views: dict[int, dict[int, None]] = {}  # observer slot -> slots it sees
         self._ogrid = Grid(grid.cell)             # observers only
         self._band = PairBand(aoi, skin)
         self._loose_d2 = (PairBand.LOOSE_FRACTION * skin) ** 2
@@ -66,6 +73,7 @@ class Views:
         self._loose: set[int] = set()
         self._drifting: set[int] = set()
         self._moved: dict[int, Pose] = {}         # slot -> its pose at the previous tick
+        self._shifted: set[int] = set()           # slots whose x or z changed this tick
         self._pending: dict[int, list[str]] = {}  # observer slot -> ids removed from its view
         self._fresh: list[tuple[int, Entity]] = []  # (observer, moved entity it just entered)
 
@@ -73,10 +81,10 @@ class Views:
     def added(self, s: int) -> None:
         """Slot `s` now holds a new entity (at the world's xs[s], zs[s])."""
         while len(self._watchers) <= s:
-            self._watchers.append(set())
+            self._watchers.append({})
             self._ax.append(0.0)
             self._az.append(0.0)
-        self._watchers[s] = set()
+        self._watchers[s] = {}
         self._loose.add(s)
 
     def removed(self, s: int, entity_id: str) -> None:
@@ -85,10 +93,11 @@ class Views:
             self.unwatch(s)
         views, pending = self._views, self._pending
         for o in self._watchers[s]:
-            views[o].discard(s)
+            views[o].pop(s, None)
             pending.setdefault(o, []).append(entity_id)
-        self._watchers[s] = set()
+        self._watchers[s] = {}
         self._moved.pop(s, None)
+        self._shifted.discard(s)
         # The band may still name this slot: it stays loose until the next rebuild, and the
         # world must not reuse it before then (`tick` says when it rebuilt).
         self._loose.add(s)
@@ -99,6 +108,7 @@ class Views:
             self._moved[s] = before
         if not moved_xz:
             return
+        self._shifted.add(s)
         x, z = self._xs[s], self._zs[s]
         if s in self._views:
             self._ogrid.update(s, x, z)
@@ -116,7 +126,7 @@ class Views:
         """Give slot `o` an empty view; the next tick enters everything it sees."""
         if o in self._views:
             return
-        self._views[o] = set()
+        self._views[o] = {}
         self._ogrid.insert(o, self._xs[o], self._zs[o])
         self._loose.add(o)
 
@@ -127,29 +137,29 @@ class Views:
             return
         watchers = self._watchers
         for s in view:
-            watchers[s].discard(o)
+            watchers[s].pop(o, None)
         self._pending.pop(o, None)
         self._ogrid.remove(o)
         self._loose.add(o)
 
-    def view_of(self, o: int) -> set[int] | None:
+    def view_of(self, o: int) -> dict[int, None] | None:
         """Slots in `o`'s view as of the last tick or reset (the live set: do not modify), or None."""
         return self._views.get(o)
 
-    def reset(self, o: int) -> set[int]:
+    def reset(self, o: int) -> dict[int, None]:
         """Make `o`'s view exactly what it sees now (watching it if needed) and return it."""
         self.watch(o)
         new = self._exact_view(o)
-        old = self._views[o]
+        old = self._views[o].keys()
         watchers = self._watchers
         for s in old - new:
-            watchers[s].discard(o)
+            watchers[s].pop(o, None)
         for s in new - old:
-            watchers[s].add(o)
-        self._views[o] = new
+            watchers[s][o] = None
+        view = self._views[o] = dict.fromkeys(new)
         self._pending.pop(o, None)
         self._loose.add(o)  # its band pairs are stale now; exact queries until the next rebuild
-        return new
+        return view
 
     def _exact_view(self, o: int) -> set[int]:
         """Slots within the area of interest of observer `o`, by grid query."""
@@ -170,7 +180,20 @@ class Views:
         band was rebuilt (slots freed before it may be reused from now on).
         """
         out: dict[int, ViewDiff] = {}
-        xy = self._flip_band(out) if self._views else None
+        limit = self._rebuild_limit
+        if limit is None:
+            limit = 8 + population // 64
+        xy = None
+        if self._views:
+            settled = self._shifted - self._loose
+            # Only pairs with an endpoint that moved can flip. A few settled movers are cheaper
+            # to treat as loose (exact queries) than a pass over the whole band; an idle world
+            # then costs nothing per tick.
+            if settled and (len(settled) + len(self._loose) > limit
+                            or len(settled) * self.LOOSE_COST > len(self._band)):
+                xy = self._flip_band(out)
+            else:
+                self._loose |= settled
         self._flip_loose(out)
         self._add_updates(out)
         for o, gone in self._pending.items():
@@ -184,9 +207,7 @@ class Views:
             d.leave.extend(gone)
         self._pending = {}
         self._moved = {}
-        limit = self._rebuild_limit
-        if limit is None:
-            limit = 8 + population // 64
+        self._shifted = set()
         rebuilt = len(self._loose) > limit or len(self._drifting) > limit
         if rebuilt:
             self._rebuild(xy)
@@ -198,15 +219,15 @@ class Views:
         if d is None:
             d = out[o] = ViewDiff([], [], [])
         if now:
-            self._views[o].add(s)
-            self._watchers[s].add(o)
+            self._views[o][s] = None
+            self._watchers[s][o] = None
             ent = self._ents[s]
             d.enter.append(ent)
             if s in self._moved:
                 self._fresh.append((o, ent))
         else:
-            self._views[o].discard(s)
-            self._watchers[s].discard(o)
+            self._views[o].pop(s, None)
+            self._watchers[s].pop(o, None)
             d.leave.append(self._ents[s].id)
 
     def _flip_band(self, out: dict[int, ViewDiff]) -> tuple[np.ndarray, np.ndarray]:
@@ -245,9 +266,9 @@ class Views:
             if view is None:
                 continue
             new = self._exact_view(o)
-            for s in new - view:
+            for s in new - view.keys():
                 self._flip(out, o, s, True)
-            for s in view - new:
+            for s in view.keys() - new:
                 self._flip(out, o, s, False)
 
     def _add_updates(self, out: dict[int, ViewDiff]) -> None:

@@ -8,10 +8,12 @@ import pytest
 
 from worldstate import Entity, Pose, World, WorldConfig
 from worldstate.oracle import Oracle
+from worldstate.views import Views
 
 
 def walk(seed: int, *, n: int, observers: int, ticks: int, step: float, skin: float | None,
-         rebuild_limit: int | None, teleports: float = 0.0, churn: float = 0.0) -> int:
+         rebuild_limit: int | None, teleports: float = 0.0, churn: float = 0.0,
+         move_p: float = 0.8) -> int:
     """Run a random walk, check every tick against the oracle, return the diff items seen."""
     rng = random.Random(seed)
     half, aoi = 60.0, 20.0
@@ -40,7 +42,7 @@ def walk(seed: int, *, n: int, observers: int, ticks: int, step: float, skin: fl
             r = rng.random()
             if r < teleports:
                 world.teleport(e.id, Pose(rng.uniform(-half, half), 0.0, rng.uniform(-half, half)))
-            elif r < 0.8:
+            elif r < move_p:
                 h = rng.uniform(-math.pi, math.pi)
                 p = e.pose
                 world.move(e.id, Pose(p.x + math.cos(h) * step, 0.0, p.z + math.sin(h) * step, h), now)
@@ -79,3 +81,13 @@ def test_teleports_and_churn_match_oracle():
     """Teleports, removals and arrivals mixed into a walk keep diffs equal to the oracle's."""
     walk(11, n=100, observers=25, ticks=120, step=0.8, skin=2.0, rebuild_limit=20,
          teleports=0.02, churn=0.5)
+
+
+@pytest.mark.parametrize("move_p,limit", [(0.02, None), (0.1, 40), (0.3, None)])
+def test_few_movers_among_many_match_oracle(monkeypatch, move_p, limit):
+    """When few entities move they skip the band for exact queries, and diffs still match."""
+    # Make exact queries look free so the few-movers path is taken whenever the limit allows.
+    monkeypatch.setattr(Views, "LOOSE_COST", 0)
+    items = walk(5, n=300, observers=60, ticks=60, step=0.7, skin=2.0, rebuild_limit=limit,
+                 move_p=move_p)
+    assert items > 100
