@@ -59,6 +59,8 @@ function join(name, password) {
   const model = new WorldModel();
   $("#login").hidden = true;
   $("#game").hidden = false;
+  // On a phone the world needs the screen more than the build panel does.
+  if (window.matchMedia("(max-width: 700px)").matches) $("#build").open = false;
   const view = new WorldView($("#view"), model, QUALITY[params.get("quality")] || QUALITY.high);
   const controls = new Controls(view.canvas, $("#joystick"));
   const players = new PlayersPanel({ conn, root: $("#players") });

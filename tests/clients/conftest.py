@@ -37,6 +37,20 @@ START_TIMEOUT_S = 20.0
 _names = itertools.count(1)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each phase's report on the test item, so fixtures can tell a failed test."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def failed(request) -> bool:
+    """True when the test that `request` belongs to failed in its call phase."""
+    report = getattr(request.node, "report_call", None)
+    return report is not None and report.failed
+
+
 def unique_name(prefix: str) -> str:
     """A player name no other test in this run uses (names are claimed per database)."""
     return f"{prefix}{next(_names)}"
@@ -149,6 +163,9 @@ def chromium():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh --dev does)")
     from playwright.sync_api import sync_playwright
 
+    # The screenshots left in artifacts/web/ should be this run's, not an older run's.
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -164,7 +181,7 @@ class Pages:
 
     def open(self, **context_options):
         """A new page; uncaught errors in it are collected in `page.page_errors`."""
-        ctx = self.browser.new_context(viewport=VIEWPORT, **context_options)
+        ctx = self.browser.new_context(**{"viewport": VIEWPORT, **context_options})
         page = ctx.new_page()
         page.set_default_timeout(15_000)
         page.page_errors = []
@@ -194,11 +211,12 @@ class Pages:
 def open_page(chromium, request):
     """Factory: `open_page()` gives a page in a fresh browser context (its own storage).
 
-    Uncaught page errors fail the test; each page's screenshot is kept in artifacts/web/.
+    Uncaught page errors fail the test; each page's screenshot is kept in artifacts/web/
+    (named ...-FAILED when the test failed).
     """
     pages = Pages(chromium)
     yield pages.open
-    pages.snapshot(request.node.name)
+    pages.snapshot(request.node.name + ("-FAILED" if failed(request) else ""))
     errors = pages.errors()
     pages.close()
     assert not errors, f"uncaught errors in the page: {errors}"
@@ -222,16 +240,19 @@ def _pair(chromium, web_shard):
         name = unique_name(prefix)
         players.append(Player(page, name, join(page, web_shard.http_url, name, password=f"pw-{name}")))
     yield pages, players
+    pages.snapshot("pair-at-end")
     pages.close()
 
 
 @pytest.fixture
 def pair(_pair, request):
     """Two players, alice and bob (claimed names), joined once per module and shared by its
-    tests to keep browser time down; screenshots after each test, page errors fail it."""
+    tests to keep browser time down. Screenshots when a test fails (and at the module's end);
+    uncaught page errors fail the test."""
     pages, players = _pair
     yield players
-    pages.snapshot(request.node.name)
+    if failed(request):
+        pages.snapshot(request.node.name + "-FAILED")
     errors = pages.errors()
     assert not errors, f"uncaught errors in the page: {errors}"
 

@@ -6,9 +6,11 @@ Most tests share one pair of joined pages (the `pair` fixture): joining costs se
 software-rendered WebGL, and each test asserts only what its own actions caused."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from tests.clients.conftest import join, unique_name
+from tests.clients.conftest import Pages, Player, failed, join, unique_name
 
 # A stand-in for a headset-capable browser's navigator.xr: enough for the page to decide
 # whether to offer the VR button (starting a session is not exercised).
@@ -171,15 +173,66 @@ def test_taken_name_with_wrong_password_goes_back_to_the_prompt(pair, web_shard,
     assert alice.page.evaluate("window.worldsmith.connected")
 
 
-def test_vr_button_is_offered_only_where_immersive_vr_is_supported(pair, web_shard, open_page):
+@pytest.fixture(scope="module")
+def _phone(chromium, web_shard):
+    pages = Pages(chromium)
+    page = pages.open(viewport={"width": 400, "height": 720}, is_mobile=True, has_touch=True)
+    # Phones with WebXR (Android Chrome) offer immersive-vr; this one says it does.
+    page.add_init_script(FAKE_XR)
+    player = Player(page, unique_name("pia"), "")
+    player.id = join(page, web_shard.http_url, player.name)
+    yield pages, player
+    pages.snapshot("phone-at-end")
+    pages.close()
+
+
+@pytest.fixture
+def phone(_phone, request):
+    """A touch-screen phone joined to the shard (shared by this module's tests)."""
+    pages, player = _phone
+    yield player
+    if failed(request):
+        pages.snapshot(request.node.name + "-FAILED")
+    assert not pages.errors(), f"uncaught errors in the page: {pages.errors()}"
+
+
+def test_vr_button_is_offered_only_where_immersive_vr_is_supported(pair, phone):
     """The Enter VR button stays hidden in a browser without WebXR VR and shows where
     navigator.xr reports immersive-vr support."""
     plain = pair[0].page
     assert not plain.evaluate("window.worldsmith.vrButtonShown")
     assert not plain.is_visible("#vr-button")
+    phone.page.wait_for_function("() => window.worldsmith.vrButtonShown")
+    assert phone.page.is_visible("#vr-button")
 
-    headset = open_page()
-    headset.add_init_script(FAKE_XR)
-    join(headset, web_shard.http_url, unique_name("hal"))
-    headset.wait_for_function("() => window.worldsmith.vrButtonShown")
-    assert headset.is_visible("#vr-button")
+
+def test_phone_virtual_joystick_walks_and_right_thumb_turns(phone):
+    """On a touch screen, pushing the left-thumb joystick up walks the player forward on the
+    shard, and dragging the right thumb turns the view."""
+    phone, you = phone.page, phone.id
+    start = phone.evaluate("window.worldsmith.self")
+    touch = phone.context.new_cdp_session(phone)
+
+    def finger(kind: str, x: float, y: float, ident: int = 1) -> None:
+        points = [] if kind == "touchEnd" else [{"x": x, "y": y, "id": ident}]
+        touch.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    # Right thumb: drag 100 px to the left turns the view left (yaw grows).
+    finger("touchStart", 300, 300, 2)
+    finger("touchMove", 200, 300, 2)
+    finger("touchEnd", 0, 0, 2)
+    phone.wait_for_function("(y) => window.worldsmith.self.yaw > y + 0.3", arg=start["yaw"])
+    turned = phone.evaluate("window.worldsmith.self.yaw")
+    # Left thumb: press, push 60 px up (past the joystick's full throw), hold, let go.
+    finger("touchStart", 80, 300)
+    finger("touchMove", 80, 240)
+    assert phone.is_visible("#joystick")
+    phone.wait_for_function("([id, x, z]) => { const e = window.worldsmith.entities.get(id);"
+                            " return Math.hypot(e.x - x, e.z - z) > 1.0; }", arg=[you, start["x"], start["z"]])
+    finger("touchEnd", 0, 0)
+    phone.wait_for_function("() => !window.worldsmith.connected || "
+                            "document.querySelector('#joystick').hidden")
+    moved = phone.evaluate("(id) => window.worldsmith.entities.get(id)", you)
+    # Forward at yaw `turned` is (-sin yaw, -cos yaw) on x-z.
+    dx, dz = moved["x"] - start["x"], moved["z"] - start["z"]
+    assert dx * -math.sin(turned) + dz * -math.cos(turned) > 0.9 * math.hypot(dx, dz)

@@ -25,8 +25,11 @@ def test_page_says_reconnecting_and_rejoins_with_its_token_after_the_shard_resta
     own_shard.stop()
     page.wait_for_function("() => window.worldsmith.status === 'reconnecting'")
     banner = page.inner_text("#banner")
-    assert "Reconnecting" in banner and "restarting" in banner
-    assert page.evaluate("window.worldsmith.lastClose.code") == 1001
+    assert "Reconnecting" in banner
+    # A clean shutdown closes 1001 ("restarting"); on a starved machine the closing handshake
+    # can time out and the page sees the connection simply lost (1006). Either way it says so.
+    code = page.evaluate("window.worldsmith.lastClose.code")
+    assert (code, "restarting" in banner) in ((1001, True), (1006, False)), (code, banner)
     assert not page.evaluate("window.worldsmith.connected")
 
     own_shard.start()
