@@ -160,6 +160,7 @@ class Bot:
         key = pose_key(self.x, self.z)
         self.history[key] = (0, None)
         self.hist_keys.append((key, 0))
+        self.swarm.on_placed(self)
 
     def _acked(self, ack: int, now: float) -> None:
         q = self.unacked

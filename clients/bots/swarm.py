@@ -6,6 +6,7 @@ monitor, progress); bots themselves have none. `Swarm.run()` returns the report 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -62,6 +63,9 @@ class Swarm:
         self.truth: Truth | None = None
         self.made = self.welcomed = 0
         self.stopping = False
+        self._ramp_done = False
+        self._settled_n = 0
+        self._settled = asyncio.Event()
         self.t0 = self.t_measure = self.t_measure_end = 0.0
         self.cpu0 = self.cpu1 = 0.0
         self.snap0 = self.snap1 = (0, 0, 0, 0)
@@ -110,6 +114,9 @@ class Swarm:
     def on_close(self, bot: Bot, code: int) -> None:
         """Count a close; closes we started while stopping are counted apart."""
         self.close_codes[str(code) + (" (at stop)" if self.stopping else "")] += 1
+        if not bot.placed:  # turned away before it stood in the world (e.g. 4013)
+            self._settled_n += 1
+            self._check_settled()
 
     def random_point(self) -> tuple[float, float]:
         """A waypoint inside the walking area (kept 1 m off the edges)."""
@@ -168,13 +175,20 @@ class Swarm:
             await sem.acquire()
             tasks.append(asyncio.create_task(self._connect(bot, sem)))
         await asyncio.gather(*tasks)
-        # Give the last bots a moment to be welcomed before the clock starts.
-        deadline = loop.time() + self.s.connect_timeout
-        while self.welcomed < self.made and loop.time() < deadline and not self._all_settled():
-            await asyncio.sleep(0.02)
+        # The clock starts once every connected bot stands in the world (or was turned away).
+        self._ramp_done = True
+        self._check_settled()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), self.s.connect_timeout)
 
-    def _all_settled(self) -> bool:
-        return all(b.placed or b.closed or b.conn is None for b in self.bots)
+    def on_placed(self, bot: Bot) -> None:
+        """A bot got its first view: it stands in the world."""
+        self._settled_n += 1
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        if self._ramp_done and self._settled_n >= self.made:
+            self._settled.set()
 
     async def _connect(self, bot: Bot, sem: asyncio.Semaphore) -> None:
         t = time.monotonic()
@@ -276,15 +290,13 @@ class Swarm:
     async def _close_all(self, timeout: float = 5.0) -> None:
         """Close every connection, wait for the shard to finish closing, then abort stragglers."""
         self.stopping = True
-        conns = [b.conn for b in self.bots if b.conn is not None and b.conn.transport is not None]
+        conns = [b.conn for b in self.bots if b.conn is not None and not b.conn.closed.done()]
         for c in conns:
             c.close(1000)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline and any(not c.transport.is_closing() or c.open for c in conns):
-            await asyncio.sleep(0.02)
+        if conns:
+            await asyncio.wait([c.closed for c in conns], timeout=timeout)
         for c in conns:
-            if not c.transport.is_closing():
+            if not c.closed.done():
                 c.abort()
 
     async def _progress(self) -> None:

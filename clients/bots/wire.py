@@ -74,7 +74,9 @@ class WsConnection(asyncio.Protocol):
         self.open = False
         self.closing = False
         self.close_code: int | None = None
-        self.opened = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.opened = loop.create_future()
+        self.closed = loop.create_future()  # resolved when TCP is gone, whoever closed it
         self._key = base64.b64encode(os.urandom(16)).decode()
         self._request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -107,6 +109,8 @@ class WsConnection(asyncio.Protocol):
         """Report the close once, with the code the server sent (1006 when none came)."""
         was_open = self.open
         self.open = False
+        if not self.closed.done():
+            self.closed.set_result(None)
         if not self.opened.done():
             self.opened.set_exception(HandshakeError(f"connection lost during handshake: {exc}"))
             return
