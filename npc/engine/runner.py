@@ -49,12 +49,25 @@ class _Prefill:
     start: int  # position of its first token
 
 
+@dataclass(slots=True)
+class _Shared:
+    """Decodes whose sequences share their first `prefix` positions (the same cached blocks)."""
+
+    tokens: slice  # their tokens in the packed batch, contiguous
+    rows: torch.Tensor  # (m,) their KV rows
+    first_row: int  # any member's row: all hold the same prefix K/V
+    prefix: int  # shared positions [0, prefix)
+    suffix: int  # longest private tail, positions [prefix, prefix + suffix)
+    mask: torch.Tensor  # (1, m, 1, suffix): 0 where a member's tail exists, else -inf
+
+
 class StepContext:
     """The AttentionContext for one packed forward pass: stores new K/V, attends over rows."""
 
     def __init__(self, runner: "Runner", slots: torch.Tensor, row_of_token: torch.Tensor,
                  pos_of_token: torch.Tensor, num_decodes: int, decode_rows: torch.Tensor | None,
-                 span: int, length: int, decode_mask: torch.Tensor | None, prefills: list[_Prefill]) -> None:
+                 span: int, length: int, decode_mask: torch.Tensor | None, prefills: list[_Prefill],
+                 shared: list[_Shared]) -> None:
         self.runner = runner
         self.slots = slots  # (T,) page slot of each packed token
         self.row_of_token = row_of_token  # (T,)
@@ -65,6 +78,7 @@ class StepContext:
         self.length = length  # longest decode context
         self.decode_mask = decode_mask  # (1, span, 1, length): 0 where attention may look, else -inf
         self.prefills = prefills
+        self.shared = shared
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (T, Hq, D), k/v (T, Hkv, D) -> (T, Hq, D); stores k/v in the cache first."""
@@ -99,6 +113,8 @@ class StepContext:
             if qpad is not qd:
                 od = od[:, self.decode_rows]
             out[:b] = od.transpose(0, 1).reshape(b, hq, d)
+        for g in self.shared:
+            out[g.tokens] = self._attend_shared(g, q[g.tokens], rk, rv)
         for p in self.prefills:
             qp = q[p.rows].transpose(0, 1).unsqueeze(0)  # (1, Hq, n, D)
             n = qp.shape[2]
@@ -116,6 +132,31 @@ class StepContext:
                 op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=True)
             out[p.rows] = op.squeeze(0).transpose(0, 1)
         return out
+
+    def _attend_shared(self, g: _Shared, q: torch.Tensor, rk: torch.Tensor, rv: torch.Tensor) -> torch.Tensor:
+        """Decode attention for a group sharing a prefix: q (m, Hq, D) -> (m, Hq, D).
+
+        The shared prefix's K/V is read once for the whole group (one matmul with m * G
+        query rows) instead of once per member; the private tails are gathered small. One
+        softmax spans both parts, so the result equals attending over each full row.
+        """
+        m, hq, d = q.shape
+        hkv = rk.shape[0]
+        group = hq // hkv
+        scale = d ** -0.5
+        qg = q.view(m, hkv, group, d).transpose(0, 1)  # (Hkv, m, G, D)
+        kp = rk[:, g.first_row, :g.prefix]  # (Hkv, P, D)
+        vp = rv[:, g.first_row, :g.prefix]
+        tail = slice(g.prefix, g.prefix + g.suffix)
+        ks = rk[:, :, tail].index_select(1, g.rows)  # (Hkv, m, S, D)
+        vs = rv[:, :, tail].index_select(1, g.rows)
+        sp = torch.matmul(qg.reshape(hkv, m * group, d), kp.transpose(-1, -2)).view(hkv, m, group, g.prefix)
+        ss = torch.matmul(qg, ks.transpose(-1, -2)).mul_(scale) + g.mask  # (Hkv, m, G, S)
+        scores = torch.cat((sp.mul_(scale), ss), dim=-1)  # (Hkv, m, G, P + S)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vp.dtype)
+        pp = probs[..., :g.prefix].reshape(hkv, m * group, g.prefix)
+        og = torch.matmul(pp, vp).view(hkv, m, group, d) + torch.matmul(probs[..., g.prefix:], vs)
+        return og.transpose(0, 1).reshape(m, hq, d)
 
 
 class Runner:
@@ -142,6 +183,9 @@ class Runner:
         self._row_of: dict[int, int] = {}  # seq_id -> row
         self._filled: dict[int, int] = {}  # seq_id -> positions of its row holding valid K/V
         self.sampler = Sampler(self.device)
+        # Decodes sharing at least this many cached prefix tokens attend to them together.
+        self.min_shared_prefix = max(32, 2 * block_size)
+        self.shared_decodes = 0  # decodes served through a shared prefix (for metrics and tests)
 
     @property
     def cache_bytes(self) -> int:
@@ -189,6 +233,43 @@ class Runner:
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]
 
+    def _group_decodes(self, decodes: list[Work]) -> tuple[list[Work], list[tuple[list[Work], int]]]:
+        """Split decodes into plain ones and groups sharing a long cached prefix (same blocks)."""
+        bs = self.block_size
+        least = -(-self.min_shared_prefix // bs)  # blocks
+        plain: list[Work] = []
+        groups: list[tuple[list[Work], int]] = []
+        # Sorting by block table puts sequences with long common prefixes side by side.
+        ordered = sorted(decodes, key=lambda w: w.seq.block_table)
+        run: list[Work] = []
+        common = 0
+
+        def close() -> None:
+            if len(run) >= 2:
+                groups.append((list(run), common * bs))
+            else:
+                plain.extend(run)
+
+        for w in ordered:
+            # Only blocks wholly before the current token can be shared (and cached).
+            own = (len(w.seq.tokens) - 1) // bs
+            if run:
+                ref = run[0].seq.block_table
+                table = w.seq.block_table
+                n = 0
+                limit = min(common, own)
+                while n < limit and table[n] == ref[n]:
+                    n += 1
+                if n >= least:
+                    run.append(w)
+                    common = n
+                    continue
+                close()
+            run, common = [w], own
+        if run:
+            close()
+        return plain, groups
+
     # -- the step -------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, work: list[Work]) -> dict[int, int]:
@@ -198,6 +279,9 @@ class Runner:
         # A piece of one token at the sequence's end attends like a decode, whatever its history.
         decodes = [w for w in work if w.count == 1 and w.samples]
         others = [w for w in work if not (w.count == 1 and w.samples)]
+        decodes, groups = self._group_decodes(decodes)
+        grouped = [w for members, _ in groups for w in members]
+        self.shared_decodes += len(grouped)
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -207,7 +291,7 @@ class Runner:
         sample_seqs: list[Sequence] = []
         decode_rows: list[int] = []
         decode_lens: list[int] = []
-        for i, w in enumerate(decodes + others):
+        for i, w in enumerate(decodes + grouped + others):
             seq, a, b = w.seq, w.start, w.start + w.count
             if b > self.row_len:
                 raise RuntimeError(f"sequence of {b} tokens exceeds the KV row length {self.row_len}")
@@ -225,7 +309,7 @@ class Runner:
             if i < len(decodes):
                 decode_rows.append(row)
                 decode_lens.append(b)
-            else:
+            elif i >= len(decodes) + len(grouped):
                 prefills.append(_Prefill(slice(t0, len(ids)), row, a))
         dev = self.device
 
@@ -244,8 +328,19 @@ class Runner:
             mask = mask.view(1, span, 1, length).to(dev, dtype=self.dtype, non_blocking=True)
             if decode_rows != list(range(span)):
                 rows_t = tensor(decode_rows)
+        shared: list[_Shared] = []
+        t0 = len(decodes)
+        for members, prefix in groups:
+            lens = [len(w.seq.tokens) - prefix for w in members]
+            tail = max(lens)
+            visible = torch.arange(tail).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)  # (m, S)
+            gmask = torch.zeros(len(members), tail).masked_fill_(~visible, float("-inf"))
+            rows = [self._row_of[w.seq.seq_id] for w in members]
+            shared.append(_Shared(slice(t0, t0 + len(members)), tensor(rows), rows[0], prefix, tail,
+                                  gmask.view(1, len(members), 1, tail).to(dev, dtype=self.dtype)))
+            t0 += len(members)
         ctx = StepContext(self, tensor(slots), tensor(row_of_token), tensor(positions), len(decodes),
-                          rows_t, span, length, mask, prefills)
+                          rows_t, span, length, mask, prefills, shared)
         hidden = self.model(tensor(ids), tensor(positions), ctx)  # (T, C)
         if not sample_rows:
             return {}

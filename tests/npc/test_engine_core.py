@@ -83,6 +83,7 @@ def test_prefix_cache_hits_give_same_tokens_as_misses() -> None:
     warm = drain(core, [core.add(Sequence(persona + line, GREEDY)) for line in lines[1:]])
     assert core.blocks.hit_tokens - hits_before >= 2 * (len(persona) // 8) * 8
     assert core.metrics.snapshot()["prefix_hit_rate"] > 0
+    assert core.runner.shared_decodes > 0  # the warm pair decoded over their shared prefix together
     for line, r in zip(lines[1:], warm):
         assert r.token_ids == alone(persona + line).token_ids
 
@@ -164,3 +165,32 @@ def test_preempted_request_keeps_its_seeded_stream_when_its_row_is_taken() -> No
     out = drain(core, seqs, results)
     for p, sp, r in zip(ps, [seeded, seeded, GREEDY], out):
         assert r.token_ids == alone(p, sp).token_ids
+
+
+def test_shared_prefix_attention_matches_plain_attention() -> None:
+    """Decoding a group over its shared cached prefix gives the same logits as attending row by row."""
+    persona = TOK.encode("You are Brann, the village smith. You speak plainly and briefly. " * 3)
+    core = make_core()
+    drain(core, [core.add(Sequence(persona + TOK.encode("first"), GREEDY))])
+    for i in range(4):
+        core.add(Sequence(persona + TOK.encode(f"<player {i}> news?" + "!" * i), GREEDY))
+    for _ in range(3):
+        core.step()
+    work = core.scheduler.schedule()
+    assert all(w.count == 1 for w in work) and len(work) == 4
+    seen: list = []
+    sampler = core.runner.sampler
+
+    def capture(logits, seqs):
+        seen.append(logits.clone())
+        return sampler(logits, seqs)
+
+    core.runner.sampler = capture
+    before = core.runner.shared_decodes
+    shared_tokens = core.runner.run(work)
+    assert core.runner.shared_decodes == before + 4
+    core.runner.min_shared_prefix = 10**9  # the same work again, every decode on its own row
+    plain_tokens = core.runner.run(work)
+    assert core.runner.shared_decodes == before + 4
+    assert shared_tokens == plain_tokens
+    assert (seen[0] - seen[1]).abs().max() < 1e-3
