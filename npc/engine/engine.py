@@ -210,9 +210,14 @@ class EngineCore:
                 if ev is not None:
                     events.append(ev)
             return events
+        events: list[Event] = []
+        for seq_id, why in self.runner.sampler.take_errors().items():
+            seq = next(w.seq for w in work if w.seq.seq_id == seq_id)
+            sampled.pop(seq_id, None)
+            if (ev := self.abort(seq, "error", why)) is not None:
+                events.append(ev)
         grown = self.scheduler.postprocess(work, sampled, self.eos_ids)
         now = time.monotonic()
-        events: list[Event] = []
         for seq in grown:
             req = seq.tag
             if req.first_token is None:

@@ -19,6 +19,12 @@ class Sampler:
         self.device = torch.device(device)
         self._generators: dict[int, torch.Generator] = {}
         self._allowed: dict[int, torch.Tensor] = {}  # seq_id -> ids tensor for fixed sets
+        self.errors: dict[int, str] = {}  # seq_id -> why its allowed-token hook failed this step
+
+    def take_errors(self) -> dict[int, str]:
+        """Requests whose hook failed since the last call, with the reason."""
+        errors, self.errors = self.errors, {}
+        return errors
 
     def release(self, seq_id: int) -> None:
         """Forget a finished request's state."""
@@ -57,7 +63,12 @@ class Sampler:
         """logits (N, V) fp32, one row per sequence in `seqs` -> N token ids. May modify logits."""
         vocab = logits.shape[1]
         for i, seq in enumerate(seqs):
-            ids = self._allowed_ids(seq)
+            try:
+                ids = self._allowed_ids(seq)
+            except Exception as exc:  # noqa: BLE001 - a caller's hook must not fail the batch
+                # Only this request fails (the engine ends it with "error"); its row samples freely.
+                self.errors[seq.seq_id] = f"allowed-token hook failed: {exc!r}"
+                ids = None
             if ids is not None:
                 ids = ids[ids < vocab]
                 row = torch.full((vocab,), float("-inf"), device=logits.device)

@@ -162,3 +162,18 @@ async def test_metrics_snapshot_and_prometheus(engine: Engine) -> None:
     assert "npc_engine_completion_tokens_total 72" in text
     assert 'npc_engine_ttft_seconds_bucket{le="+Inf"} 3' in text
     assert 'npc_engine_finished_total{reason="length"} 3' in text
+
+
+async def test_failing_hook_fails_only_its_request(engine: Engine) -> None:
+    """A request whose allowed-token hook raises ends with error; a request beside it is unaffected."""
+    def hook(done: list[int]) -> list[int]:
+        if len(done) == 3:
+            raise RuntimeError("grammar broke")
+        return [engine.tokenizer.encode("z")[0]]
+
+    bad = engine.submit(ask("bad"), SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, allowed=hook))
+    good = engine.submit(ask("good"), GREEDY)
+    (_, bad_result), (_, good_result) = await asyncio.gather(collect(bad), collect(good))
+    assert bad_result.finish_reason == "error" and "grammar broke" in bad_result.detail
+    assert bad_result.text == "zzz"
+    assert good_result.finish_reason == "length" and good_result.completion_tokens == 24

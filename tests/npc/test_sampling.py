@@ -64,8 +64,18 @@ def test_allowed_set_and_hook_mask_everything_else() -> None:
     assert Sampler()(logits.clone(), [seq(temperature=0, allowed={2, 3})]) == [2]
     hook = seq(temperature=2.0, allowed=lambda done: [3])
     assert Sampler()(logits.clone(), [hook]) == [3]
-    with pytest.raises(ValueError):
-        Sampler()(logits.clone(), [seq(temperature=0, allowed=lambda done: [])])
+
+
+def test_failing_hook_is_reported_for_its_request_only() -> None:
+    """A hook that raises or allows nothing is reported for its request; the other rows sample normally."""
+    logits = torch.tensor([[9.0, 0.0, 1.0], [0.0, 9.0, 1.0], [0.0, 1.0, 9.0]])
+    sampler = Sampler()
+    empty, boom, fine = (seq(temperature=0, allowed=lambda done: []),
+                         seq(temperature=0, allowed=lambda done: 1 / 0), seq(temperature=0))
+    assert sampler(logits.clone(), [empty, boom, fine])[2] == 2
+    errors = sampler.take_errors()
+    assert set(errors) == {empty.seq_id, boom.seq_id} and "ZeroDivisionError" in errors[boom.seq_id]
+    assert sampler.take_errors() == {}
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1),
