@@ -180,9 +180,12 @@ class Views:
         band was rebuilt (slots freed before it may be reused from now on).
         """
         out: dict[int, ViewDiff] = {}
-        limit = self._rebuild_limit
+        # Each loose endpoint costs an exact query every tick until the next rebuild, while
+        # drifting ones cost nothing yet: rebuild after a few loose ones, or many drifting.
+        limit = drift_limit = self._rebuild_limit
         if limit is None:
-            limit = 8 + population // 64
+            limit = 16 + population // 512
+            drift_limit = 8 + population // 64
         xy = None
         if self._views:
             settled = self._shifted - self._loose
@@ -208,7 +211,7 @@ class Views:
         self._pending = {}
         self._moved = {}
         self._shifted = set()
-        rebuilt = len(self._loose) > limit or len(self._drifting) > limit
+        rebuilt = len(self._loose) > limit or len(self._drifting) > drift_limit
         if rebuilt:
             self._rebuild(xy)
         return {o: d for o, d in out.items() if d.enter or d.upd or d.leave}, rebuilt

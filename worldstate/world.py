@@ -25,7 +25,8 @@ class World:
         """A world for `config`.
 
         `skin` (metres, default aoi/10) and `rebuild_limit` (loose or drifting entities that
-        trigger a band rebuild; default 8 + 1/64 of the population) tune speed, never results.
+        trigger a band rebuild; by default a few loose or 1/64 of the population drifting)
+        tune speed, never results.
         """
         self.config = config
         self.aoi = float(config.aoi)
