@@ -10,7 +10,7 @@ import secrets
 from server.errors import FORBIDDEN, INVALID, NOT_FOUND, ClientError
 from server.protocol import Place, Remove
 from server.sessions import Session, now_ms
-from worldstate.entities import Entity, Pose
+from worldstate.entities import MAX_COORD, Entity, Pose
 from worldstate.records import ObjectRecord
 
 
@@ -50,6 +50,8 @@ async def place(shard, session: Session, msg: Place) -> None:
     if not _in_bounds(shard.config, msg.x, msg.z):
         field = "x" if not shard.config.bounds[0] <= msg.x <= shard.config.bounds[2] else "z"
         raise ClientError(INVALID, "position is outside the world's bounds", field=field, re=msg.id)
+    if abs(msg.y) > MAX_COORD:
+        raise ClientError(INVALID, f"y must be within {MAX_COORD:g} m", field="y", re=msg.id)
     rec = ObjectRecord(f"o:{secrets.token_hex(6)}", session.name, msg.shape, msg.color, msg.label,
                        msg.x, msg.y, msg.z, msg.yaw, now_ms())
     await shard.db_call(shard.store.add_object, rec)

@@ -25,6 +25,7 @@ from server.protocol import (Chat, Hello, Move, NpcCancel, Ping, Place, Remove, 
 from server.sessions import Session, SessionTable, identify, now_ms
 from server.settings import Settings
 from worldstate.entities import Entity, Pose
+from worldstate.errors import WorldError
 from worldstate.records import PlayerRecord
 from worldstate.world import World
 
@@ -71,8 +72,12 @@ class Shard:
         for entity in npc_entities(self.config) + objects.initial_objects(self.config):
             self.world.add(entity)
         for rec in stored_objects:
-            if self.world.get(rec.id) is None:
+            if self.world.get(rec.id) is not None:
+                continue
+            try:
                 self.world.add(objects.from_record(rec))
+            except WorldError as exc:  # one bad row must not keep the shard from starting
+                log.warning("skipping stored object %s: %s", rec.id, exc)
 
     def spawn(self, coro) -> asyncio.Task:
         """Run a small background job owned by the shard (awaited at shutdown)."""
