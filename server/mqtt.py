@@ -68,7 +68,9 @@ class MqttRelay(Relay):
         self._outbox: asyncio.Queue[tuple[str, bytes, int, bool]] = asyncio.Queue(OUTBOX_LIMIT)
         self._pending_objects: collections.deque[bytes] = collections.deque(maxlen=PENDING_OBJECTS_LIMIT)
         self._task: asyncio.Task | None = None
-        self._local_object_ops: set[str] = set()
+        self._changed_in_resync: set[str] = set()  # objects changed while a resync reads the db
+        self._resyncing = False
+        self._closing = False
         self._was_up: bool | None = None  # for logging each transition once
         self.reconnects = 0
         if not log.isEnabledFor(logging.DEBUG) and _client_log.level == logging.NOTSET:
@@ -103,8 +105,9 @@ class MqttRelay(Relay):
         if pid in self.shard.sessions.online:
             return super().send_private(pid, frame)
         remote = self.remote.find(pid)
-        if remote is not None:  # gone since find_player: the line is lost, as offline
+        if remote is not None:
             self._publish(self.topics.private(remote[2], pid), frame, qos=0)
+        # else: gone since find_player (same turn: only if their shard just died); lost, as offline
 
     def roster(self) -> list[dict]:
         """Players on every shard; raises Unavailable while the link is down."""
@@ -130,6 +133,7 @@ class MqttRelay(Relay):
 
     async def close(self) -> None:
         """Clear this shard's presence (a clean leave), disconnect, and stop the link task."""
+        self._closing = True  # the presence task must not republish after the clear below
         client = self._client
         if client is not None and self.available:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -151,7 +155,8 @@ class MqttRelay(Relay):
             raise Unavailable("the link to the other shards is congested; try again soon") from None
 
     def _object_event(self, oid: str, payload: bytes) -> None:
-        self._local_object_ops.add(oid)
+        if self._resyncing:  # the resync's database snapshot may predate this change
+            self._changed_in_resync.add(oid)
         if self.available:
             with contextlib.suppress(Unavailable):
                 return self._publish(self.topics.objects, payload, qos=1)
@@ -248,7 +253,7 @@ class MqttRelay(Relay):
         while True:
             online = self.shard.sessions.online
             now = frozenset(online)
-            if now != sent:
+            if now != sent and not self._closing:
                 players = [(s.pid, s.name) for s in online.values()]
                 await client.publish(self.topics.my_presence,
                                      cluster.presence_payload(self.shard.settings.shard, players, now_ms()),
@@ -296,6 +301,8 @@ class MqttRelay(Relay):
 
     def _apply_object_event(self, op: str, what) -> None:
         world = self.shard.world
+        if self._resyncing:  # newer than the resync's database snapshot: the event wins
+            self._changed_in_resync.add(what.id if op == "add" else what)
         if op == "add":
             if world.get(what.id) is None:
                 world.add(objects.from_record(what))
@@ -310,16 +317,20 @@ class MqttRelay(Relay):
         holds whatever other shards placed or removed while we could not hear them."""
         if self.reconnects == 0:
             return  # just started: the shard loaded the database a moment ago
-        self._local_object_ops.clear()
-        stored = await self.shard.db.call(self.shard.store.load_objects)
+        self._changed_in_resync.clear()
+        self._resyncing = True
+        try:
+            stored = await self.shard.db.call(self.shard.store.load_objects)
+        finally:
+            self._resyncing = False
         keep = {rec.id for rec in stored}
         world = self.shard.world
         for rec in stored:
-            if world.get(rec.id) is None and rec.id not in self._local_object_ops:
+            if world.get(rec.id) is None and rec.id not in self._changed_in_resync:
                 world.add(objects.from_record(rec))
         for entity in world.entities():
             if entity.kind != "object" or entity.id.startswith("o:w"):
                 continue  # the world file's own objects are never stored
-            if entity.id not in keep and entity.id not in self._local_object_ops:
+            if entity.id not in keep and entity.id not in self._changed_in_resync:
                 world.remove(entity.id)
                 self.shard.placed_by.pop(entity.id, None)

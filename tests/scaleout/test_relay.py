@@ -96,3 +96,45 @@ async def _until(pred) -> None:
     """Wait until `pred()` holds, checking every few milliseconds (state set by another task)."""
     while not pred():
         await asyncio.sleep(0.02)
+
+
+async def test_clean_shutdown_clears_presence(tmp_path):
+    """A shard that stops cleanly leaves no retained presence: its players disappear from `who` elsewhere and nothing of it lingers."""
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        async with run_shard(settings(tmp_path, "a", broker.url)) as a:
+            alice = await join(a.ws_url, unique_name("al"))
+            try:
+                async with run_shard(settings(tmp_path, "b", broker.url)) as b:
+                    bob_name = unique_name("bo")
+                    bob = await join(b.ws_url, bob_name)
+                    await who_until(alice, lambda m: bob_name in names(m))
+                    await close_all(bob)
+                roster = await who_until(alice, lambda m: "b" not in names(m).values())
+                assert bob_name not in names(roster)
+                assert "b" not in a.relay.remote.by_shard
+            finally:
+                await close_all(alice)
+    finally:
+        broker.close()
+
+
+async def test_wrong_broker_password_leaves_the_shard_serving_locally(tmp_path, monkeypatch):
+    """A shard refused by the broker still serves its players, and cross-shard requests answer unavailable."""
+    monkeypatch.setattr(server.mqtt, "CONNECT_WAIT_S", 0.2)
+    broker = Broker(tmp_path / "broker", users={"shard": "right-pw"})
+    broker.start()
+    try:
+        async with run_shard(settings(tmp_path, "a", broker.url, mqtt_user="shard",
+                                      mqtt_password="wrong-pw")) as a:
+            w = await join(a.ws_url)
+            try:
+                answer = await ask(w, {"t": "chat", "text": "hi all", "channel": "global"})
+                assert (answer["t"], answer["code"]) == ("error", "unavailable")
+                said = await ask(w, {"t": "chat", "text": "hi here", "channel": "say"})
+                assert (said["t"], said["text"]) == ("chat", "hi here")
+            finally:
+                await close_all(w)
+    finally:
+        broker.close()
