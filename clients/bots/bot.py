@@ -46,7 +46,7 @@ class Bot:
     __slots__ = ("swarm", "index", "name", "observer", "full_parse", "conn", "id", "welcomed",
                  "placed", "t_welcome", "x", "y", "z", "yaw", "seq", "target", "history",
                  "hist_keys", "unacked", "view", "seen", "npcs", "probe", "chat_n", "chat_sent",
-                 "npc_ask", "npc_reply", "npc_last", "closed", "upd_tag", "last_acked")
+                 "npc_ask", "npc_reply", "npc_last", "closed", "upd_tag", "last_acked", "t_moved")
 
     def __init__(self, swarm, index: int, name: str, *, observer: bool, full_parse: bool) -> None:
         self.swarm = swarm
@@ -75,6 +75,7 @@ class Bot:
         self.npc_last = 0.0
         self.upd_tag = b""
         self.last_acked: tuple[int, float | None] = (0, None)
+        self.t_moved = 0.0
 
     # -- connection callbacks ------------------------------------------------------------
     def hello(self) -> None:
@@ -265,7 +266,12 @@ class Bot:
         tx, tz = self.target
         dx, dz = tx - self.x, tz - self.z
         dist = math.hypot(dx, dz)
-        step = swarm.step_m
+        # A move sent early (the pacer catching up after our loop lagged) covers only the
+        # time since the previous one, so bunched moves stay within the shard's speed check;
+        # a late one still takes a single stride, keeping half the limit in reserve.
+        period = swarm.move_period
+        dt = min(now - self.t_moved, period) if self.t_moved else period
+        step = swarm.walk_speed * dt
         if dist <= step:
             x, z = tx, tz
             self.target = swarm.random_point()
@@ -278,6 +284,7 @@ class Bot:
                 {"t": "move", "seq": seq, "x": x, "y": self.y, "z": z, "yaw": yaw})):
             return
         self.seq, self.x, self.z, self.yaw = seq, x, z, yaw
+        self.t_moved = now
         self._remember(pose_key(x, z), seq, now)
         q = self.unacked
         q.append((seq, now))

@@ -58,7 +58,8 @@ class Swarm:
         self.unmatched: list = []  # (observer, mover, pose key, time) to match again at the sweep
         self.connected_series: list[tuple[float, int]] = []
         self.world: dict | None = None
-        self.step_m = 0.0
+        self.walk_speed = 0.0   # m/s, set from the shard's speed limit at the first welcome
+        self.move_period = 1.0 / settings.rate
         self.area = settings.area
         self.truth: Truth | None = None
         self.made = self.welcomed = 0
@@ -97,7 +98,7 @@ class Swarm:
             self.world = {k: msg.get(k) for k in ("shard", "tick_hz", "aoi", "speed", "bounds", "spawn")}
             speed = float(msg.get("speed") or 5.0)
             tick_hz = float(msg.get("tick_hz") or 20.0)
-            self.step_m = speed * self.s.speed_fraction / self.s.rate
+            self.walk_speed = speed * self.s.speed_fraction
             bounds = tuple(msg.get("bounds") or (-50.0, -50.0, 50.0, 50.0))
             if self.area is None:
                 self.area = bounds
