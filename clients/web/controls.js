@@ -53,8 +53,13 @@ export class Controls {
         try { Promise.resolve(this.canvas.requestPointerLock()).catch(() => {}); } catch { /* refused */ }
       }
     });
+    // With the pointer captured, any mouse movement looks around; where the browser refuses
+    // pointer lock, dragging with the left button on the world does the same.
+    this.canvas.addEventListener("mousedown", (ev) => { if (ev.button === 0) this._dragging = true; });
+    window.addEventListener("mouseup", () => { this._dragging = false; });
     document.addEventListener("mousemove", (ev) => {
-      if (document.pointerLockElement !== this.canvas) return;
+      const locked = document.pointerLockElement === this.canvas;
+      if (!locked && !(this._dragging && ev.buttons & 1)) return;
       this.look(-ev.movementX * MOUSE_RATE, -ev.movementY * MOUSE_RATE);
     });
 

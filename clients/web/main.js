@@ -121,14 +121,17 @@ function join(name, password) {
     game.frames += 1;
   });
 
-  // Enter puts the cursor in the chat box; Escape gives the keys back to walking.
+  // Enter puts the cursor in the chat box (and gives the mouse back); Escape gives the keys
+  // back to walking.
   window.addEventListener("keydown", (ev) => {
     const inChat = document.activeElement === $("#chat-input");
     if (ev.key === "Enter" && !inChat && document.activeElement.tagName !== "BUTTON") {
+      if (document.pointerLockElement) document.exitPointerLock();
       $("#chat-input").focus();
       ev.preventDefault();
-    } else if (ev.key === "Escape" && inChat) {
-      $("#chat-input").blur();
+    } else if (ev.key === "Escape") {
+      if (document.pointerLockElement) document.exitPointerLock();
+      if (inChat) $("#chat-input").blur();
     }
   });
 

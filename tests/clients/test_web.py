@@ -173,6 +173,29 @@ def test_taken_name_with_wrong_password_goes_back_to_the_prompt(pair, web_shard,
     assert alice.page.evaluate("window.worldsmith.connected")
 
 
+def test_mouse_look_turns_the_player_and_typing_in_chat_does_not_walk(pair):
+    """Moving the mouse over the world (pointer locked, or dragging) turns the player the shard
+    sees, and letters typed into the chat box do not walk."""
+    page, you = pair[0].page, pair[0].id
+    yaw0 = page.evaluate("window.worldsmith.self.yaw")
+    page.mouse.move(450, 200)
+    page.mouse.down()
+    page.mouse.move(250, 200, steps=8)
+    page.mouse.up()
+    page.wait_for_function("(y) => window.worldsmith.self.yaw > y + 0.3", arg=yaw0)
+    page.wait_for_function("([id, y]) => window.worldsmith.entities.get(id).yaw > y + 0.3", arg=[you, yaw0])
+
+    # Enter opens the chat box (giving back a captured pointer); letters then type, not walk.
+    at = page.evaluate("window.worldsmith.self")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.activeElement.id === 'chat-input' && !document.pointerLockElement")
+    page.keyboard.type("wwwwssss", delay=40)
+    assert page.input_value("#chat-input") == "wwwwssss"
+    page.fill("#chat-input", "")
+    now = page.evaluate("window.worldsmith.self")
+    assert (now["x"], now["z"]) == (at["x"], at["z"])
+
+
 @pytest.fixture(scope="module")
 def _phone(chromium, web_shard):
     pages = Pages(chromium)
