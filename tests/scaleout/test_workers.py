@@ -237,6 +237,36 @@ async def test_unbegun_request_of_a_departed_worker_goes_to_another(broker, remo
     assert remote.metrics.reoffered >= 1
 
 
+async def test_players_see_the_same_npc_frames_either_way(tmp_path, remote) -> None:
+    """A player's line to an NPC yields the same npc_token pieces and npc_end through a remote worker
+    as through the in-process engine (NpcService unchanged, RemoteEngine in place of Engine)."""
+    from npc.service import NpcService, NpcSettings
+    from server.app import run_shard
+    from tests.server.conftest import shard_settings
+    from tests.server.wire import join, write_world
+
+    guard = {"id": "guard", "name": "Guard", "x": 2.0, "y": 0.0, "z": 0.0,
+             "persona": "A quiet test guard.", "reply_tokens": 32}
+    world = write_world(tmp_path / "w.toml", npcs=(guard,))
+    seen = []
+    for engine in (None, remote):
+        service = NpcService(NpcSettings(model="tiny", soft_stop=1.0, context_tokens=1024), engine=engine)
+        run = tmp_path / ("remote" if engine else "local")
+        run.mkdir()
+        async with run_shard(shard_settings(run, world=world), npcs=service) as shard:
+            await asyncio.wait_for(service.ready.wait(), 20)
+            ada = await join(shard.ws_url, "Ada")
+            await ada.send({"t": "chat", "text": "hello guard", "to": "n:guard"})
+            frames = []
+            while not frames or frames[-1]["t"] != "npc_end":
+                frames.append(await ada.recv_until(lambda m: m["t"].startswith("npc_"), 10))
+            await ada.close()
+        seen.append([{k: v for k, v in f.items() if k not in ("reply", "to")} for f in frames])
+    local, through_worker = seen
+    assert local[0]["t"] == "npc_start" and local[-1]["reason"] in ("stop", "length")
+    assert through_worker == local
+
+
 async def test_killed_worker_ends_its_answer_with_error_and_the_other_serves(remote, pool) -> None:
     """kill -9 of a worker mid-answer ends that answer `error` within 5 s; the next request gets its
     first piece from the surviving worker within 1 s."""
