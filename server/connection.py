@@ -107,7 +107,7 @@ async def _hello_phase(shard, conn):
         try:
             msg = _parse(shard, frame)
         except ProtocolError as exc:
-            if exc.code == INVALID and _looks_like_hello(frame):
+            if exc.kind == "hello":
                 shard.metrics.errors.inc(exc.code)
                 await conn.send(encode(exc.reply()).decode())
                 continue  # a malformed hello: say why and let the client try again
@@ -118,10 +118,6 @@ async def _hello_phase(shard, conn):
                                               field="t", re=msg.id))
         shard.metrics.messages_in.inc("hello")
         return await shard.admit(conn, msg)
-
-
-def _looks_like_hello(frame) -> bool:
-    return isinstance(frame, str) and '"hello"' in frame
 
 
 async def _read_loop(shard, session, conn) -> None:

@@ -21,7 +21,12 @@ CHANNELS = ("say", "shout", "global", "private")
 
 
 class ProtocolError(ClientError):
-    """An inbound frame that is not a valid protocol v1 message."""
+    """An inbound frame that is not a valid protocol v1 message.
+
+    `kind` is the frame's `t` when the frame got that far (e.g. "hello" with a bad name).
+    """
+
+    kind: str | None = None
 
 
 # Messages are NamedTuples: typed and immutable like frozen dataclasses, but several times
@@ -155,7 +160,11 @@ def parse(frame: str | bytes, *, max_chat: int = 500, name_pattern: str = r"[A-Z
         move = _fast_move(obj, msg_id)
         if move is not None:
             return move
-    return decoder(_Fields(obj, msg_id), max_chat, name_pattern)
+    try:
+        return decoder(_Fields(obj, msg_id), max_chat, name_pattern)
+    except ProtocolError as exc:
+        exc.kind = kind
+        raise
 
 
 def _num(v) -> bool:
