@@ -138,8 +138,9 @@ export class ChatPanel {
     if (r.stopEl) r.stopEl.remove();
     const why = describeNpcEnd(r.entry.name, m.reason);
     if (m.reason === "busy" || m.reason === "error") {
+      // An answer that never came: tell the one who asked; bystanders need not hear of it.
       r.el.remove();
-      this.system(why, "error");
+      if (r.entry.to === this.model.you) this.system(why, "error");
     } else if (why) {
       r.textEl.textContent = `${r.entry.text} ${why}`;
     }

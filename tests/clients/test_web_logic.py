@@ -170,3 +170,47 @@ def test_errors_and_close_codes_read_as_plain_words(modules_page):
     assert "full" in out["full"] and "another window" in out["replaced"] and "restarting" in out["restart"]
     # Exponential backoff from half a second, capped at ten.
     assert out["backoff"] == [500, 1000, 2000, 4000, 8000, 10000]
+
+
+def test_chat_panel_renders_streams_busy_and_errors_from_shard_messages(modules_page):
+    """The chat panel, fed shard messages through a real (unconnected) Connection, grows an NPC
+    line piece by piece with a Stop button only for the speaker, replaces a `busy` answer by a
+    plain sentence, and explains an error by what the request that caused it was for."""
+    out = run(modules_page, """
+        const C = await import('./chat.js');
+        const box = document.createElement('div');
+        box.innerHTML = '<div class="log"></div><form><input><select><option>say</option></select></form>';
+        document.body.appendChild(box);
+        const conn = new N.Connection({url: 'ws://127.0.0.1:9/ws', name: 'me'});
+        const m = new W.WorldModel(); m.welcome(arg.w);
+        const chat = new C.ChatPanel({conn, model: m, log: box.querySelector('.log'), form: box.querySelector('form'),
+                                      input: box.querySelector('input'), channel: box.querySelector('select'), onWho: () => {}});
+        const text = () => box.querySelector('.log').innerText;
+        conn._emit('npc_start', {t: 'npc_start', reply: 'r:1', npc: 'n:w', name: 'Wren', to: 'p:me'});
+        conn._emit('npc_token', {t: 'npc_token', reply: 'r:1', text: 'Hello '});
+        const partial = text(), stops = box.querySelectorAll('button.stop').length;
+        conn._emit('npc_token', {t: 'npc_token', reply: 'r:1', text: 'there.'});
+        conn._emit('npc_end', {t: 'npc_end', reply: 'r:1', text: 'Hello there.', reason: 'stop', tokens: 2});
+        const done = text(), stopsAfter = box.querySelectorAll('button.stop').length;
+        conn._emit('npc_start', {t: 'npc_start', reply: 'r:2', npc: 'n:w', name: 'Wren', to: 'p:other'});
+        const othersStops = box.querySelectorAll('button.stop').length;
+        conn._emit('npc_end', {t: 'npc_end', reply: 'r:2', text: '', reason: 'busy', tokens: 0});
+        const bystander = text();
+        conn._emit('npc_start', {t: 'npc_start', reply: 'r:3', npc: 'n:w', name: 'Wren', to: 'p:me'});
+        conn._emit('npc_end', {t: 'npc_end', reply: 'r:3', text: '', reason: 'busy', tokens: 0});
+        chat.remember('c7', {kind: 'npc', name: 'Wren'});
+        conn._emit('error', {t: 'error', code: 'too_far', msg: 'x', re: 'c7'});
+        conn._emit('error', {t: 'error', code: 'rate_limited', msg: 'x'});
+        const lines = chat.lines.map((l) => [l.kind, l.text]);
+        box.remove();
+        return {partial, stops, done, stopsAfter, othersStops, bystander, final: text(), lines};
+    """, {"w": WELCOME})
+    assert "Wren: Hello" in out["partial"] and "there." not in out["partial"]
+    assert out["stops"] == 1 and out["stopsAfter"] == 0 and out["othersStops"] == 0
+    assert "Wren: Hello there." in out["done"]
+    # A busy answer to someone else vanishes quietly; one to you is explained.
+    assert "busy" not in out["bystander"] and "(to " not in out["bystander"]
+    assert [line for line in out["lines"] if "busy" in line[1]] == [
+        ["error", "Wren is busy talking to others right now. Try again in a moment."]]
+    assert ["error", "You are too far from Wren to talk. Walk closer and try again."] in out["lines"]
+    assert ["error", "Slow down a little: you are sending messages too fast."] in out["lines"]
