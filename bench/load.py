@@ -109,7 +109,7 @@ def server_process(kind: str, plan: Plan, workdir: Path, *, spawn_radius: float,
         # INFO: the ready line is logged at INFO; the shard logs nothing per player at INFO.
         cmd = [sys.executable, "-m", "server", "--port", "0", "--world", str(world),
                "--db", f"sqlite:///{db}", "--log-level", "info", "--tick-hz", str(plan.tick_hz),
-               "--max-players", str(max_players)]
+               "--max-players", str(max_players), "--npc-model", "none"]  # bench worlds have no NPCs
     else:
         c = plan.world_m / 2
         cmd = [sys.executable, str(ROOT / "bench" / "naive_server.py"), "--port", "0",

@@ -1,13 +1,19 @@
 """The bots' report: a JSON-ready dict, a table for people, and an optional latency plot.
 
 Report keys (stable; tests and bench/load.py read them):
-`scenario, url, bots, duration_s, world, connections{made, failed, welcomed, failures,
-close_codes, connect_ms}, ack_ms, staleness_ms, missed_updates{probes, expected, delivered,
-missed, timeout_s}, completeness{checks, expected, missing, extra, ratio, slack_m},
+`scenario, url, bots, duration_s, rate_hz, world{shard, tick_hz, aoi, speed, bounds, spawn},
+connections{made, failed, welcomed, failures, close_codes, connect_ms}, ack_ms, staleness_ms,
+missed_updates{probes, expected, delivered, missed, undecided, timeout_s},
+completeness{checks, expected, missing, extra, ratio, slack_m},
 traffic{msgs_in_per_s, msgs_out_per_s, bytes_in_per_s, bytes_out_per_s, msgs_in, msgs_out,
 bytes_in, bytes_out}, chat{sent, heard, echo_ms}, npc{asked, started, busy, ends, ttft_ms,
-itl_ms, answer_ms}, errors, events, loop_lag_ms, bots_cpu_pct, observers, bottleneck, warnings`.
-Latency blocks are `{n, mean, p50, p90, p99, max}` in milliseconds over the steady window.
+itl_ms, answer_ms}, errors{code: n}, events{name: n}, loop_lag_ms, bots_cpu_pct, observers,
+bottleneck, warnings`.
+Latency blocks are `{n, mean, p50, p90, p99, max}` in milliseconds over the steady window
+(NPC blocks over the whole run). Per-second traffic covers the steady window; the totals
+cover the whole run. `events` counts notable happenings: `clamped_moves` (the shard applied
+a different pose than a bot asked for), `unmatched_poses`, `chat_heard`, `npc_overheard`,
+`npc_skipped_in_flight`, `npc_no_target`, `npc_unfinished`, `pacer_skipped_s`, ...
 """
 from __future__ import annotations
 
