@@ -102,7 +102,7 @@ async def bench(args: argparse.Namespace) -> int:
 
     n = args.concurrency
     engine = await asyncio.to_thread(_engine, args, max_running=max(n, 1), max_waiting=max(n, 1),
-                                     token_budget=max(256, n), kv_budget_mb=512)
+                                     token_budget=0, kv_budget_mb=512)
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
 
     def chat(npc: int, player: int) -> list[dict[str, str]]:

@@ -49,7 +49,10 @@ class EngineSettings:
 
     max_running: int = 32  # sequences decoding together
     max_waiting: int = 64  # queued beyond that; more submits raise Busy
-    token_budget: int = 256  # tokens per forward pass: bounds a step's latency
+    # Tokens per forward pass (decodes first, prefill chunks get the rest). It bounds how
+    # much a prompt arriving mid-conversation stretches everyone's next token: on a CPU each
+    # prefill token in a step costs about as much as a decode. 0: max(128, 2 * max_running).
+    token_budget: int = 0
     block_size: int = 16  # tokens per KV block (and prefix-cache granularity)
     kv_budget_mb: float = 512.0  # memory for the KV pages (prefix cache and block accounting)
     max_model_len: int = 1024  # prompt plus completion, capped at the model's max_position
@@ -58,6 +61,8 @@ class EngineSettings:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
+        if self.token_budget == 0:
+            object.__setattr__(self, "token_budget", max(128, 2 * self.max_running))
         SchedulerConfig(self.max_running, self.max_waiting, self.token_budget, self.max_model_len)
         if self.block_size < 1:
             raise ValueError("block_size must be >= 1")

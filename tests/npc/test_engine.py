@@ -177,3 +177,13 @@ async def test_failing_hook_fails_only_its_request(engine: Engine) -> None:
     assert bad_result.finish_reason == "error" and "grammar broke" in bad_result.detail
     assert bad_result.text == "zzz"
     assert good_result.finish_reason == "length" and good_result.completion_tokens == 24
+
+
+def test_settings_validate_and_derive_the_token_budget() -> None:
+    """Bad settings raise ValueError; token_budget 0 becomes max(128, 2 * max_running)."""
+    assert EngineSettings(max_running=32).token_budget == 128
+    assert EngineSettings(max_running=100, max_waiting=10).token_budget == 200
+    for bad in (dict(max_running=0), dict(max_running=64, token_budget=32), dict(kv_budget_mb=0),
+                dict(dtype="int3"), dict(device="tpu"), dict(threads=-1), dict(block_size=0)):
+        with pytest.raises(ValueError):
+            EngineSettings(**bad)  # type: ignore[arg-type]
