@@ -1,0 +1,284 @@
+"""NPC engine benchmark (issue 3): our continuous-batching Engine against `transformers`.
+
+Not a test. One run measures, on the same NPC-style prompts (a ~300-token persona shared
+per NPC, a short player line, up to 64 new tokens, greedy):
+
+- baseline_seq_tok_s     transformers `generate`, one request at a time
+- baseline_static_tok_s  transformers `generate` on one left-padded static batch of 32
+- single_tok_s           our Engine, one conversation alone (decode tokens/s after the first)
+- agg_tok_s              our Engine, 32 conversations arriving over ~1.5 s (completion tokens/s)
+- itl_p99_s              inter-token latency p99 over those 32
+- ttft_p50_s             first-token time of new requests while 16 others decode (persona warm)
+- ttft_cold_s / _warm_s  first token of a lone request with an unseen / cached persona
+
+llama.cpp is not included: `llama-cpp-python` ships no binary wheel on PyPI, and compiling
+it takes far longer than the benchmark on this machine.
+
+    .venv/bin/python bench/npc.py [--quick] [--model PATH] [--dtype fp32|bf16] [--no-baselines]
+
+Prints a table, then one JSON object as its last line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from npc.engine.engine import Engine, EngineSettings  # noqa: E402
+from npc.engine.loader import load_model  # noqa: E402
+from npc.engine.sequence import SamplingParams  # noqa: E402
+from npc.models import default_model_path  # noqa: E402
+
+LORE = (
+    "Oakvale is a small village in a river valley, ringed by beech woods and old stone walls. "
+    "The mill on the Brook turns day and night; the square holds a well, a notice board and the "
+    "Copper Kettle inn, where travellers trade news. The road east leads to the market town of "
+    "Harrowgate, two days by cart; the road west climbs to the abandoned watchtower on Grey Hill, "
+    "where lights have been seen after dark. The harvest was poor this year, wolves were heard "
+    "near the sheep folds, and the old bridge needs repair before the autumn rains. Villagers "
+    "are wary of strangers but warm to anyone who helps. Coins are silver pennies; a loaf costs "
+    "one penny, a night at the inn four. The headwoman, Edda Reeve, settles disputes each "
+    "market day, and the chapel bell rings at dawn, noon and dusk. "
+)
+NPCS = [
+    ("Bram", "the blacksmith", "gruff but fair, proud of his work, worried about the wolves; he sells "
+     "horseshoes, nails, knives and repairs tools, and he knows every path in the woods"),
+    ("Mira", "the herbalist", "gentle and curious, speaks softly, trades remedies for stories; she knows "
+     "which plants heal and which harm, and she has seen the lights on Grey Hill herself"),
+    ("Tobin", "the innkeeper of the Copper Kettle", "jolly, loves gossip, keeps a ledger of every debt; "
+     "he rents rooms, serves stew and ale, and hears every rumour that travels the east road"),
+    ("Edda", "the headwoman", "stern, practical, fiercely protective of the village; she wants the bridge "
+     "mended and the wolves dealt with, and she pays in silver for honest help"),
+]
+LINES = [
+    "Good morning! What do you have for sale today?",
+    "Have you heard anything about the lights on Grey Hill?",
+    "I'm new here. Who should I talk to about work?",
+    "How much for a night at the inn?",
+    "Are the wolves dangerous?",
+    "Can you tell me the way to Harrowgate?",
+    "What happened to the old bridge?",
+    "Do you need any help around the village?",
+]
+MAX_NEW = 64
+
+
+def persona(i: int, tag: str = "") -> str:
+    """The system prompt of NPC i: shared lore plus who they are (about 300 tokens)."""
+    name, role, traits = NPCS[i % len(NPCS)]
+    return (f"{tag}You are {name}, {role} of Oakvale. You are {traits}. Stay in character, answer the "
+            f"player in one to three short sentences, never mention being an AI.\n\nWhat you know:\n{LORE}"
+            f"\nToday the weather is grey and a cold wind blows from Grey Hill.")
+
+
+def conversation(i: int, tag: str = "") -> list[dict[str, str]]:
+    """Chat messages for conversation i: NPC i mod 4, player line i mod 8."""
+    return [{"role": "system", "content": persona(i, tag)}, {"role": "user", "content": LINES[i % len(LINES)]}]
+
+
+def count_until_eos(ids: list[int], eos: frozenset[int]) -> int:
+    """Generated tokens up to and including the first EOS (the useful part of a padded row)."""
+    for n, t in enumerate(ids, 1):
+        if t in eos:
+            return n
+    return len(ids)
+
+
+# -- transformers baselines --------------------------------------------------------------
+def load_reference(path: Path, dtype: torch.dtype):
+    """transformers' LlamaForCausalLM read from the same GGUF file."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return model.eval()
+
+
+def hf_sequential(model, prompts: list[list[int]], eos: frozenset[int]) -> dict:
+    """generate() one request at a time; tokens/s over the whole calls (prefill included)."""
+    tokens, start = 0, time.perf_counter()
+    for p in prompts:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=MAX_NEW, do_sample=False, eos_token_id=sorted(eos), pad_token_id=2)
+        tokens += count_until_eos(out[0, len(p):].tolist(), eos)
+    elapsed = time.perf_counter() - start
+    return {"tok_s": tokens / elapsed, "tokens": tokens, "seconds": elapsed, "requests": len(prompts)}
+
+
+def hf_static(model, prompts: list[list[int]], eos: frozenset[int], pad: int) -> dict:
+    """generate() on one left-padded batch; useful tokens (up to each row's EOS) per second."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
+                             eos_token_id=sorted(eos), pad_token_id=pad)
+    elapsed = time.perf_counter() - start
+    tokens = sum(count_until_eos(row[width:].tolist(), eos) for row in out)
+    return {"tok_s": tokens / elapsed, "tokens": tokens, "seconds": elapsed, "batch": len(prompts)}
+
+
+# -- our engine ---------------------------------------------------------------------------
+GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_NEW)
+
+
+async def timed_stream(engine: Engine, messages, params: SamplingParams = GREEDY) -> dict:
+    """Submit one request; record when each piece arrives."""
+    start = time.perf_counter()
+    stream = engine.submit(messages, params)
+    stamps = [time.perf_counter() async for _ in stream]
+    result = await stream.result()
+    return {"start": start, "stamps": stamps, "result": result, "end": time.perf_counter()}
+
+
+async def engine_single(engine: Engine) -> dict:
+    """One conversation alone: decode tokens/s after the first token."""
+    await timed_stream(engine, conversation(0, "Warm-up. "))
+    r = await timed_stream(engine, conversation(1), SamplingParams(temperature=0.0, max_tokens=MAX_NEW,
+                                                                   ignore_eos=True))
+    res = r["result"]
+    first = res.timings.ttft_s + r["start"]
+    decode_s = r["end"] - first
+    return {"tok_s": (res.completion_tokens - 1) / decode_s, "tokens": res.completion_tokens}
+
+
+async def engine_concurrent(engine: Engine, n: int, spread_s: float) -> dict:
+    """n conversations arriving evenly over spread_s seconds; aggregate rate and latencies."""
+    async def one(i: int) -> dict:
+        await asyncio.sleep(spread_s * i / n)  # arrival schedule, not synchronisation
+        return await timed_stream(engine, conversation(i))
+
+    t0 = time.perf_counter()
+    runs = await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = max(r["end"] for r in runs) - t0
+    tokens = sum(r["result"].completion_tokens for r in runs)
+    gaps = sorted(b - a for r in runs for a, b in zip(r["stamps"], r["stamps"][1:]))
+    ttfts = sorted(r["result"].timings.ttft_s for r in runs)
+    return {"tok_s": tokens / elapsed, "tokens": tokens, "seconds": elapsed, "n": n,
+            "itl_p99_s": gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))] if gaps else None,
+            "itl_p50_s": statistics.median(gaps) if gaps else None,
+            "ttft_p50_s": statistics.median(ttfts)}
+
+
+async def engine_ttft(engine: Engine, background: int, probes: int) -> dict:
+    """Cold vs warm first token of a lone request; then TTFT p50 of new requests while
+    `background` conversations decode (their personas already cached)."""
+    cold, warm = [], []
+    for k in range(2):
+        tag = f"Session {time.time_ns()}-{k}. "  # an unseen prefix: nothing cached
+        cold.append((await timed_stream(engine, conversation(k, tag), SamplingParams(temperature=0.0, max_tokens=1)))
+                    ["result"].timings.ttft_s)
+        msgs = conversation(k, tag)
+        msgs[1]["content"] = LINES[(k + 3) % len(LINES)]  # same persona, another line
+        warm.append((await timed_stream(engine, msgs, SamplingParams(temperature=0.0, max_tokens=1)))
+                    ["result"].timings.ttft_s)
+    for i in range(len(NPCS)):  # make every persona warm
+        await timed_stream(engine, conversation(i), SamplingParams(temperature=0.0, max_tokens=1))
+    long = SamplingParams(temperature=0.0, max_tokens=512, ignore_eos=True)
+    bg = [engine.submit(conversation(i), long) for i in range(background)]
+    firsts = []
+    async for _ in bg[-1]:
+        break  # the background batch is decoding
+    for j in range(probes):
+        r = await timed_stream(engine, conversation(j + 5), SamplingParams(temperature=0.0, max_tokens=2))
+        firsts.append(r["result"].timings.ttft_s)
+    for s in bg:
+        s.cancel()
+    for s in bg:
+        await s.result()
+    return {"ttft_cold_s": min(cold), "ttft_warm_s": min(warm), "ttft_p50_s": statistics.median(firsts),
+            "probes": probes, "background": background}
+
+
+async def run_engine(model, tok, args) -> dict:
+    """All engine phases, each on a fresh Engine over the same weights (fresh metrics, cache)."""
+    settings = EngineSettings(max_running=32, max_waiting=64, device=str(args.device), dtype=args.dtype_name,
+                              threads=args.threads)
+    out = {}
+    async with Engine(model, tok, settings) as engine:
+        out["single"] = await engine_single(engine)
+    async with Engine(model, tok, settings) as engine:
+        await timed_stream(engine, conversation(0, "Warm-up. "), SamplingParams(temperature=0.0, max_tokens=2))
+        out["concurrent"] = await engine_concurrent(engine, args.n, args.spread)
+        out["engine_metrics"] = engine.metrics.snapshot()
+    async with Engine(model, tok, settings) as engine:
+        out["ttft"] = await engine_ttft(engine, args.background, args.probes)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table and the JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="GGUF file or HF directory (default: the default model)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto", help="auto, fp32 or bf16 (our engine and the baselines)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--quick", action="store_true", help="small counts: a smoke run in a minute or two")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the transformers baselines")
+    args = ap.parse_args(argv)
+    args.n, args.spread, args.background, args.probes = (8, 0.4, 4, 3) if args.quick else (32, 1.5, 16, 8)
+    static_batch, seq_requests = (8, 1) if args.quick else (32, 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    path = Path(args.model) if args.model else default_model_path()
+    device = torch.device(args.device)
+    t = time.perf_counter()
+    model, tok = load_model(path, device=device, dtype=None if args.dtype == "auto" else args.dtype)
+    dtype = next(model.parameters()).dtype
+    args.dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    load_s = time.perf_counter() - t
+    prompts = [tok.render_chat(conversation(i)) for i in range(32)]
+    persona_tokens = [len(tok.encode(persona(i))) for i in range(len(NPCS))]
+    print(f"model {path.name}: loaded in {load_s:.1f} s, {args.dtype_name} on {device}, "
+          f"{torch.get_num_threads()} threads; persona tokens {persona_tokens}, "
+          f"prompt tokens {min(map(len, prompts))}-{max(map(len, prompts))}", file=sys.stderr)
+
+    rows: list[tuple[str, str]] = []
+    report: dict = {"quick": args.quick, "dtype": args.dtype_name, "threads": torch.get_num_threads()}
+    eng = asyncio.run(run_engine(model, tok, args))
+    report.update(single_tok_s=eng["single"]["tok_s"], agg_tok_s=eng["concurrent"]["tok_s"],
+                  itl_p99_s=eng["concurrent"]["itl_p99_s"], ttft_p50_s=eng["ttft"]["ttft_p50_s"],
+                  ttft_warm_s=eng["ttft"]["ttft_warm_s"], ttft_cold_s=eng["ttft"]["ttft_cold_s"])
+    c = eng["concurrent"]
+    rows += [("engine, one conversation alone (decode)", f"{report['single_tok_s']:.1f} tok/s"),
+             (f"engine, {c['n']} conversations over {args.spread} s", f"{c['tok_s']:.1f} tok/s "
+              f"({c['tokens']} tokens in {c['seconds']:.1f} s)"),
+             ("  inter-token latency p50 / p99", f"{c['itl_p50_s'] * 1e3:.0f} / {c['itl_p99_s'] * 1e3:.0f} ms"),
+             (f"  TTFT p50 with {args.background} running (persona warm)", f"{report['ttft_p50_s'] * 1e3:.0f} ms"),
+             ("  TTFT lone request, persona cold / warm",
+              f"{report['ttft_cold_s'] * 1e3:.0f} / {report['ttft_warm_s'] * 1e3:.0f} ms "
+              f"({report['ttft_cold_s'] / report['ttft_warm_s']:.1f}x)"),
+             ("  prefix-cache hit rate (concurrent phase)", f"{eng['engine_metrics']['prefix_hit_rate']:.0%}")]
+    report["baseline_seq_tok_s"] = report["baseline_static_tok_s"] = None
+    if not args.no_baselines:
+        ref = load_reference(path, dtype)
+        seq = hf_sequential(ref, prompts[:seq_requests], tok.eos_ids)
+        static = hf_static(ref, prompts[:static_batch], tok.eos_ids, pad=min(tok.eos_ids))
+        report.update(baseline_seq_tok_s=seq["tok_s"], baseline_static_tok_s=static["tok_s"])
+        rows += [(f"transformers generate, one at a time ({seq['requests']})", f"{seq['tok_s']:.1f} tok/s"),
+                 (f"transformers generate, static batch of {static['batch']}", f"{static['tok_s']:.1f} tok/s"),
+                 ("engine aggregate / static baseline", f"{report['agg_tok_s'] / static['tok_s']:.2f}x")]
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
