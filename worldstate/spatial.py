@@ -124,30 +124,12 @@ class PairBand:
 
         `alive` holds the slots of entities in the world, `observers` those with a view.
         """
-        outer = self.aoi + self.skin
         inner = self.aoi - self.skin
-        owner, first, length, slots = _candidate_ranges(xs, zs, alive, observers, outer)
-        total = int(length.sum())
-        ends = np.cumsum(length)
-        # Expand the ranges: item k of range r sits at first[r] + k in `slots` order.
-        pos = np.arange(total, dtype=np.int64)
-        pos += np.repeat(first - (ends - length), length)
-        sx, sz = xs[slots], zs[slots]
-        dx = sx[pos]
-        dx -= np.repeat(xs[owner], length)
-        dz = sz[pos]
-        dz -= np.repeat(zs[owner], length)
-        dx *= dx
-        dz *= dz
-        d2 = dx
-        d2 += dz                                           # (total,) squared x-z distances
-        keep = d2 <= outer * outer
-        if inner > 0:
-            keep &= d2 > inner * inner
-        idx = np.flatnonzero(keep)
-        self.obs = owner[np.searchsorted(ends, idx, side="right")]
-        self.ent = slots[pos[idx]]
-        self.vis = d2[idx] <= self.aoi * self.aoi
+        which, ent, d2 = near_pairs(xs, zs, alive, observers, self.aoi + self.skin,
+                                    beyond=inner if inner > 0 else None)
+        self.obs = observers[which]
+        self.ent = ent
+        self.vis = d2 <= self.aoi * self.aoi
 
     def changes(self, xs: np.ndarray, zs: np.ndarray, loose: np.ndarray | None):
         """Pairs whose in-view state flipped since the last call: (observers, entities, now_visible).
@@ -171,14 +153,42 @@ class PairBand:
         return self.obs[idx].tolist(), self.ent[idx].tolist(), now.tolist()
 
 
+def near_pairs(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,
+               radius: float, beyond: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (observer, entity) pair with `beyond < d <= radius` (x-z distance), all in numpy.
+
+    Returns `(which, ent, d2)`: the observer's index in `observers` (non-decreasing), the
+    entity's slot (from `alive`), and the squared distance, computed as everywhere else.
+    """
+    owner, first, length, slots = _candidate_ranges(xs, zs, alive, observers, radius)
+    total = int(length.sum())
+    ends = np.cumsum(length)
+    # Expand the ranges: item k of range r sits at first[r] + k in `slots` order.
+    pos = np.arange(total, dtype=np.int64)
+    pos += np.repeat(first - (ends - length), length)
+    dx = xs[slots][pos]
+    dx -= np.repeat(xs[observers][owner], length)
+    dz = zs[slots][pos]
+    dz -= np.repeat(zs[observers][owner], length)
+    dx *= dx
+    dz *= dz
+    d2 = dx
+    d2 += dz                                                # (total,) squared x-z distances
+    keep = d2 <= radius * radius
+    if beyond is not None:
+        keep &= d2 > beyond * beyond
+    idx = np.flatnonzero(keep)
+    return owner[np.searchsorted(ends, idx, side="right")], slots[pos[idx]], d2[idx]
+
+
 def _candidate_ranges(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,
                       radius: float):
-    """Where to look for each observer's neighbours within `radius`, all in numpy.
+    """Where to look for each observer's neighbours within `radius`.
 
     Sorts the `alive` slots by grid cell (cells `radius / 2` wide) and returns
     `(owner, first, length, slots)`: range r covers `slots[first[r] : first[r] + length[r]]`,
-    the entities of one column of the 5x5 cells around observer `owner[r]`, so the ranges
-    hold every entity within `radius` of each observer (and some more).
+    the entities of one column of the 5x5 cells around observer `observers[owner[r]]`; the
+    ranges come observer by observer and hold every entity within `radius` (and some more).
     """
     if not len(alive) or not len(observers):
         empty = np.empty(0, np.int64)
@@ -204,16 +214,14 @@ def _candidate_ranges(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observe
     ocz = ((zs[observers] - minz) // cell).astype(np.int64)
     lo = np.maximum(ocz - reach, 0)
     hi = np.minimum(ocz + reach, ncz - 1)
-    firsts, lasts, owners = [], [], []
-    for dcol in range(-reach, reach + 1):
-        col = ocx + dcol
-        ok = (col >= 0) & (col < ncx)
-        # Cells of one column are contiguous in key order: one range per column.
-        firsts.append(starts[col[ok] * ncz + lo[ok]])
-        lasts.append(starts[col[ok] * ncz + hi[ok] + 1])
-        owners.append(observers[ok])
-    first = np.concatenate(firsts)
-    return np.concatenate(owners), first, np.concatenate(lasts) - first, alive[order]
+    cols = ocx[:, None] + np.arange(-reach, reach + 1)   # (M, 2*reach+1)
+    ok = (cols >= 0) & (cols < ncx)
+    cols = np.clip(cols, 0, ncx - 1)
+    # Cells of one column are contiguous in key order: one range per column (empty if off-grid).
+    first = starts[cols * ncz + lo[:, None]]
+    last = np.where(ok, starts[cols * ncz + hi[:, None] + 1], first)
+    owner = np.repeat(np.arange(len(observers)), cols.shape[1])
+    return owner, first.ravel(), (last - first).ravel(), alive[order]
 
 
 def within(grid: Grid, xs: list[float], zs: list[float], x: float, z: float,

@@ -13,13 +13,15 @@ of entities that moved, so no observer scans what did not change.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from worldstate.entities import Entity, Pose
-from worldstate.spatial import Grid, PairBand, within
+from worldstate.spatial import Grid, PairBand, near_pairs, within
 
 
 @dataclass(slots=True)
@@ -45,6 +47,8 @@ class Views:
     # Roughly how many band pairs one exact query for a loose endpoint costs, measured
     # (a ~100 us grid query against ~25 ns per pair in the numpy pass).
     LOOSE_COST = 4000
+    # From this many loose observers on, their exact views come from one numpy pass.
+    BATCH_MIN = 12
 
     def __init__(self, aoi: float, *, ents: list[Entity | None], xs: list[float], zs: list[float],
                  grid: Grid, skin: float | None = None, rebuild_limit: int | None = None) -> None:
@@ -181,10 +185,11 @@ class Views:
         """
         out: dict[int, ViewDiff] = {}
         # Each loose endpoint costs an exact query every tick until the next rebuild, while
-        # drifting ones cost nothing yet: rebuild after a few loose ones, or many drifting.
+        # drifting ones cost nothing yet: rebuild after a few loose ones (more when the band,
+        # hence a rebuild, is bigger: the square root balances the two costs), or many drifting.
         limit = drift_limit = self._rebuild_limit
         if limit is None:
-            limit = 16 + population // 512
+            limit = 16 + math.isqrt(len(self._band) // 64)
             drift_limit = 8 + population // 64
         xy = None
         if self._views:
@@ -197,7 +202,7 @@ class Views:
                 xy = self._flip_band(out)
             else:
                 self._loose |= settled
-        self._flip_loose(out)
+        self._flip_loose(out, xy)
         self._add_updates(out)
         for o, gone in self._pending.items():
             d = out.get(o)
@@ -247,14 +252,15 @@ class Views:
                 flip(out, o, s, now)
         return xs, zs
 
-    def _flip_loose(self, out: dict[int, ViewDiff]) -> None:
+    def _flip_loose(self, out: dict[int, ViewDiff], xy) -> None:
         """Exact grid queries for pairs with a loose endpoint (each pair handled exactly once)."""
         loose, ents, watchers, views = self._loose, self._ents, self._watchers, self._views
         if not loose or not views:
             return
         xs, zs = self._xs, self._zs
-        # Loose entity, settled observer.
-        for s in loose:
+        watching = [o for o in loose if o in views]
+        # Loose entity, settled observer (none when every observer is loose, as at start-up).
+        for s in loose if len(watching) < len(views) else ():
             if ents[s] is None:
                 continue  # removed: its leaves were queued at once
             near = {o for _, o in within(self._ogrid, xs, zs, xs[s], zs[s], self.aoi) if o not in loose}
@@ -264,15 +270,43 @@ class Views:
             for o in had - near:
                 self._flip(out, o, s, False)
         # Loose observer, any entity.
-        for o in loose:
-            view = views.get(o)
-            if view is None:
+        moved = self._moved
+        for o, new in zip(watching, self._exact_views(watching, xy)):
+            view = views[o]
+            entered = new - view.keys()
+            left = view.keys() - new
+            if not (entered or left):
                 continue
-            new = self._exact_view(o)
-            for s in new - view.keys():
-                self._flip(out, o, s, True)
-            for s in view.keys() - new:
-                self._flip(out, o, s, False)
+            d = out.get(o)
+            if d is None:
+                d = out[o] = ViewDiff([], [], [])
+            # In bulk: a new observer enters its whole view at once.
+            view.update(dict.fromkeys(entered))
+            for s in entered:
+                watchers[s][o] = None
+            d.enter.extend(map(ents.__getitem__, entered))
+            self._fresh.extend((o, ents[s]) for s in entered if s in moved)
+            for s in left:
+                del view[s]
+                watchers[s].pop(o, None)
+            d.leave.extend(ents[s].id for s in left)
+
+    def _exact_views(self, observers: list[int], xy) -> Iterator[set[int]]:
+        """The exact current view of each observer: grid queries for a few, numpy for many."""
+        if len(observers) < self.BATCH_MIN:
+            yield from map(self._exact_view, observers)
+            return
+        if xy is None:
+            xy = (np.array(self._xs, dtype=np.float64), np.array(self._zs, dtype=np.float64))
+        which, ent, _ = near_pairs(xy[0], xy[1], self._alive(), np.array(observers, np.int64), self.aoi)
+        bounds = np.searchsorted(which, np.arange(len(observers) + 1)).tolist()
+        ent_list = ent.tolist()
+        for i in range(len(observers)):
+            yield set(ent_list[bounds[i]:bounds[i + 1]])
+
+    def _alive(self) -> np.ndarray:
+        """Slots holding an entity."""
+        return np.fromiter((s for s, e in enumerate(self._ents) if e is not None), np.int64)
 
     def _add_updates(self, out: dict[int, ViewDiff]) -> None:
         """`upd` for every watcher of an entity whose pose changed (not those it just entered for)."""
@@ -302,8 +336,7 @@ class Views:
         """Rebuild the band from current positions; everything is settled again afterwards."""
         if xy is None:
             xy = (np.array(self._xs, dtype=np.float64), np.array(self._zs, dtype=np.float64))
-        ents = self._ents
-        alive = np.fromiter((s for s, e in enumerate(ents) if e is not None), np.int64)
+        alive = self._alive()
         observers = np.fromiter(self._views.keys(), np.int64, len(self._views))
         self._band.rebuild(xy[0], xy[1], alive, observers)
         self._ax = list(self._xs)
