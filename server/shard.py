@@ -149,6 +149,8 @@ class Shard:
         if ident.pid not in self.sessions.online:
             pose = self.sessions.held_pose(ident.pid)
             if pose is None and ident.claimed:
+                if self.db.pending:  # its last pose may still be queued (write-behind)
+                    await self.db.flush()
                 rec = await self.db_call(self.store.load_player, ident.name)
                 pose = Pose(rec.x, rec.y, rec.z, rec.yaw) if rec else None
         # Re-check after the awaits: others may have come in meanwhile.
