@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import orjson
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,21 +45,30 @@ class Player:
     def __init__(self, ws, pid: str, name: str, shard: str) -> None:
         self.ws, self.pid, self.name, self.shard = ws, pid, name, shard
         self.reader: asyncio.Task | None = None
+        self.errors: collections.Counter[str] = collections.Counter()
 
     async def read(self, sent: dict[str, tuple[float, str, str]], out: dict[str, list[float]]) -> None:
         """Record latency (ms) of each bench line, keyed global_cross/global_local/private_cross."""
-        async for frame in self.ws:
-            now = time.perf_counter()
-            msg = orjson.loads(frame)
-            if msg.get("t") != "chat" or not msg.get("text", "").startswith("bench "):
-                continue
-            key = msg["text"].split(" ", 2)[1]
-            origin = sent.get(key)
-            if origin is None or msg["from"] == self.pid:
-                continue  # the sender's own echo is not a delivery
-            t0, shard, channel = origin
-            where = "cross" if shard != self.shard else "local"
-            out.setdefault(f"{channel}_{where}", []).append((now - t0) * 1000.0)
+        try:
+            async for frame in self.ws:
+                self._one(frame, sent, out)
+        except ConnectionClosed as exc:
+            self.errors[f"closed {exc.rcvd.code if exc.rcvd else 1006}"] += 1
+
+    def _one(self, frame, sent, out) -> None:
+        now = time.perf_counter()
+        msg = orjson.loads(frame)
+        if msg.get("t") == "error":
+            self.errors[msg["code"]] += 1
+        if msg.get("t") != "chat" or not msg.get("text", "").startswith("bench "):
+            return
+        key = msg["text"].split(" ", 2)[1]
+        origin = sent.get(key)
+        if origin is None or msg["from"] == self.pid:
+            return  # the sender's own echo is not a delivery
+        t0, shard, channel = origin
+        where = "cross" if shard != self.shard else "local"
+        out.setdefault(f"{channel}_{where}", []).append((now - t0) * 1000.0)
 
 
 async def join(url: str, name: str, shard: str) -> Player:
@@ -128,7 +139,8 @@ async def run(args, urls: dict[str, str]) -> dict:
         p.reader.cancel()
         await p.ws.close()
     got_global = delivered()[0]
-    return {"lines": count, "players": len(everyone), "rate_per_min": args.rate,
+    errors = sum((p.errors for p in everyone), collections.Counter())
+    return {"errors": dict(errors), "lines": count, "players": len(everyone), "rate_per_min": args.rate,
             "global_delivered": got_global, "global_expected": expected_global,
             "private_delivered": len(out.get("private_cross", [])), "private_expected": count // 2,
             **{f"{k}_ms": {"p50": pct(v, 50), "p99": pct(v, 99), "max": max(v), "n": len(v)}
@@ -176,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"target p99 <= {TARGET_P99_MS:g} ms across shards: {'met' if ok else 'MISSED'}; "
           f"delivered global {result['global_delivered']}/{result['global_expected']}, "
           f"private {result['private_delivered']}/{result['private_expected']}")
+    if result["errors"]:
+        print(f"errors and closes seen by the players: {result['errors']}")
     print(json.dumps(result))
     return 0 if ok else 1
 

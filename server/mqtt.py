@@ -44,7 +44,9 @@ PENDING_OBJECTS_LIMIT = 10_000
 KEEPALIVE_S = 10
 CALL_TIMEOUT_S = 2.0       # a subscribe/publish/disconnect the broker doesn't answer in time fails
 BEAT_EVERY_S = 0.5          # own heartbeat through the broker...
-BEAT_LOST_S = 3.0           # ...and how long without it before the link counts as dead
+# ...and how long without it before the link counts as dead. Generous on purpose: on a
+# starved machine beats come back seconds late, and a needless reconnect loses lines.
+BEAT_LOST_S = 10.0
 
 
 class Unavailable(ClientError):
@@ -205,7 +207,7 @@ class MqttRelay(Relay):
                 self._came_up()
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._read(client))
-                    tasks.create_task(self._write(client))
+                    tasks.create_task(self._write(client, tasks))
                     tasks.create_task(self._presence(client))
                     tasks.create_task(self._resync_objects())
                     tasks.create_task(self._heartbeat(client))
@@ -242,10 +244,15 @@ class MqttRelay(Relay):
             if item[0] == self.topics.objects:
                 self._pending_objects.append(item[1])
 
-    async def _write(self, client: aiomqtt.Client) -> None:
+    async def _write(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
         while True:
             topic, payload, qos, retain = await self._outbox.get()
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            if qos == 0:
+                await client.publish(topic, payload, qos=0, retain=retain)
+            else:
+                # Waiting for the broker's PUBACK here would hold every chat line behind
+                # it; the acknowledgement is awaited aside (in order among themselves).
+                tasks.create_task(client.publish(topic, payload, qos=qos, retain=retain))
 
     async def _presence(self, client: aiomqtt.Client) -> None:
         """Publish the local roster (retained) whenever it changes; at once on connect."""
