@@ -70,12 +70,24 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # -- prefix lookup --------------------------------------------------------------------
+    def prefix_hashes(self, tokens: list[int]) -> list[int]:
+        """Chain hashes of the full blocks of `tokens` that could ever come from the cache.
+
+        The last token is left out: it must be computed to get logits, so it is never matched.
+        """
+        bs = self.block_size
+        hashes: list[int] = []
+        prev = _ROOT_HASH
+        for i in range((len(tokens) - 1) // bs):
+            prev = chain_hash(prev, tuple(tokens[i * bs:(i + 1) * bs]))
+            hashes.append(prev)
+        return hashes
+
     def _match(self, tokens: list[int]) -> list[int]:
         """Block ids of the longest cached prefix, leaving at least one token to compute."""
         bs = self.block_size
         matched: list[int] = []
         prev = _ROOT_HASH
-        # The last token must be computed to get logits, so never match all of them.
         for i in range((len(tokens) - 1) // bs):
             chunk = tuple(tokens[i * bs:(i + 1) * bs])
             h = chain_hash(prev, chunk)
@@ -85,6 +97,10 @@ class BlockManager:
             matched.append(bid)
             prev = h
         return matched
+
+    def cached_blocks(self, tokens: list[int]) -> int:
+        """How many leading full blocks of `tokens` the cache holds now."""
+        return len(self._match(tokens))
 
     def can_allocate(self, seq: Sequence) -> bool:
         """True if `allocate(seq)` would succeed now."""

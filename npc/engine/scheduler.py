@@ -59,6 +59,7 @@ class Scheduler:
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.preemptions = 0
+        self.deferrals = 0  # admissions postponed to reuse a prefix being computed
 
     # -- membership -----------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -110,18 +111,37 @@ class Scheduler:
                 budget -= count
         # Admit new sequences while there is room.
         self.waiting.sort(key=lambda s: (s.priority, s.arrival, s.seq_id))
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
-            seq = self.waiting[0]
+        pending = self._pending_blocks()
+        i = 0
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_running:
+            seq = self.waiting[i]
+            hashes = self.blocks.prefix_hashes(seq.tokens)
+            cached = self.blocks.cached_blocks(seq.tokens)
+            if cached < len(hashes) and hashes[cached] in pending:
+                # A running prefill is computing this prompt's next block right now (players
+                # greeting one NPC at once): wait for it instead of computing it twice.
+                self.deferrals += 1
+                i += 1
+                continue
             if not self.blocks.can_allocate(seq):
                 break
-            self.waiting.pop(0)
+            self.waiting.pop(i)
             self.blocks.allocate(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
+            pending.update(hashes[len(seq.block_hashes):])
             count = min(budget, len(seq.tokens) - seq.num_computed)
             work.append(Work(seq, seq.num_computed, count))
             budget -= count
         return work
+
+    def _pending_blocks(self) -> set[int]:
+        """Chain hashes of prompt blocks that running prefills have yet to compute and register."""
+        pending: set[int] = set()
+        for seq in self.running:
+            if seq.in_prefill:
+                pending.update(self.blocks.prefix_hashes(seq.tokens)[len(seq.block_hashes):])
+        return pending
 
     def _victim(self) -> Sequence:
         # The least important, then the most recently arrived, gives way first.

@@ -119,3 +119,33 @@ def test_config_validation() -> None:
     """A token budget smaller than the running bound is refused (decodes could not all fit a step)."""
     with pytest.raises(ValueError):
         SchedulerConfig(max_running=8, token_budget=4)
+
+
+def test_same_prompt_waits_for_the_running_prefill_then_hits_the_cache() -> None:
+    """A prompt whose prefix another request is prefilling waits for it and then reuses its blocks."""
+    s = make(token_budget=16)
+    first, second = seq(40), seq(40)  # identical prompts: two players greeting one NPC at once
+    s.add(first)
+    s.add(second)
+    run_step(s)
+    assert s.running == [first] and s.waiting == [second]
+    while first.in_prefill:
+        run_step(s)
+    assert s.deferrals >= 1  # offered a spare budget, it still waited for the shared blocks
+    run_step(s)
+    assert second.status is Status.RUNNING
+    assert second.num_cached == 36  # every full block but the one holding the last token
+    assert second.block_table[:9] == first.block_table[:9]
+
+
+def test_unrelated_prompt_is_not_held_back_by_a_deferred_one() -> None:
+    """While one request waits for a shared prefix, a later unrelated request is admitted past it."""
+    s = make(token_budget=16)
+    first, twin, other = seq(40), seq(40), seq(6, start=500)
+    for x in (first, twin, other):
+        s.add(x)
+    work = run_step(s)
+    assert [w.seq for w in work] == [first]  # the budget went to the first prefill
+    run_step(s)
+    run_step(s)
+    assert other.status is Status.RUNNING and twin.status is Status.WAITING
