@@ -381,12 +381,13 @@ class Engine:
         if timeout is not None:
             deadline = min(deadline, now + timeout) if deadline is not None else now + timeout
         self.core.check(prompt, params)
+        loop = asyncio.get_running_loop()  # raises outside a coroutine, before anything is counted
         with self._lock:
             if self._in_flight >= self.settings.max_running + self.settings.max_waiting:
                 self.metrics.rejected()
                 raise Busy(f"{self._in_flight} requests in flight")
             self._in_flight += 1
-        stream = ReplyStream(self, asyncio.get_running_loop())
+        stream = ReplyStream(self, loop)
         seq = Sequence(prompt, params, priority=priority, deadline=deadline, arrival=now)
         stream.seq = seq
         seq.tag = stream  # until the engine thread swaps in its own state
