@@ -70,7 +70,10 @@ class Sampler:
                 self.errors[seq.seq_id] = f"allowed-token hook failed: {exc!r}"
                 ids = None
             if ids is not None:
-                ids = ids[ids < vocab]
+                ids = ids[(ids >= 0) & (ids < vocab)]
+                if ids.numel() == 0:
+                    self.errors[seq.seq_id] = "no allowed token is in the model's vocabulary"
+                    continue
                 row = torch.full((vocab,), float("-inf"), device=logits.device)
                 row[ids] = logits[i, ids]
                 logits[i] = row

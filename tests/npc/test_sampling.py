@@ -70,11 +70,14 @@ def test_failing_hook_is_reported_for_its_request_only() -> None:
     """A hook that raises or allows nothing is reported for its request; the other rows sample normally."""
     logits = torch.tensor([[9.0, 0.0, 1.0], [0.0, 9.0, 1.0], [0.0, 1.0, 9.0]])
     sampler = Sampler()
-    empty, boom, fine = (seq(temperature=0, allowed=lambda done: []),
-                         seq(temperature=0, allowed=lambda done: 1 / 0), seq(temperature=0))
-    assert sampler(logits.clone(), [empty, boom, fine])[2] == 2
+    empty, boom, outside, fine = (seq(temperature=0, allowed=lambda done: []),
+                                  seq(temperature=0, allowed=lambda done: 1 / 0),
+                                  seq(temperature=0.5, allowed={99}), seq(temperature=0))
+    logits = torch.cat([logits, logits[2:]])  # a row each
+    assert sampler(logits.clone(), [empty, boom, outside, fine])[3] == 2
     errors = sampler.take_errors()
-    assert set(errors) == {empty.seq_id, boom.seq_id} and "ZeroDivisionError" in errors[boom.seq_id]
+    assert set(errors) == {empty.seq_id, boom.seq_id, outside.seq_id}
+    assert "ZeroDivisionError" in errors[boom.seq_id]
     assert sampler.take_errors() == {}
 
 
