@@ -117,9 +117,14 @@ def server_process(kind: str, plan: Plan, workdir: Path, *, spawn_radius: float,
                "--bounds", f"0,0,{plan.world_m},{plan.world_m}", "--spawn", f"{c},{c}",
                "--spawn-radius", str(spawn_radius)]
     core = plan.shard_core
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None)
+
+    def child_setup() -> None:
+        _die_with_parent()
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=child_setup)
     try:
         url = _wait_ready(proc, timeout=60.0)
         yield proc.pid, url
@@ -130,6 +135,13 @@ def server_process(kind: str, plan: Plan, workdir: Path, *, spawn_radius: float,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the benchmark dies, so no server outlives a killed run."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float) -> str:
@@ -335,6 +347,8 @@ def parse_plan(argv: list[str] | None) -> tuple[Plan, str | None]:
 def main(argv: list[str] | None = None) -> int:
     """Run the planned scenarios; print the table, the verdicts and a final JSON line."""
     plan, json_path = parse_plan(argv)
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so servers are stopped in `finally`.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(plan.idle_bots, plan.spread_bots, plan.crowd_bots) + 1024
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard) if hard != resource.RLIM_INFINITY else want, hard))
