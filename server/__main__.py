@@ -9,8 +9,11 @@ import signal
 import sys
 import typing
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from server.app import run_shard
 from server.settings import Settings, setting_fields
+from worldstate.errors import WorldError
 
 
 def _flag(f) -> str:
@@ -88,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # e.g. Windows: the default loop works, only slower
-        asyncio.run(serve_until_signalled(settings))
-    else:
-        uvloop.run(serve_until_signalled(settings))
+        uvloop = None
+    try:
+        if uvloop is None:
+            asyncio.run(serve_until_signalled(settings))
+        else:
+            uvloop.run(serve_until_signalled(settings))
+    except (WorldError, SQLAlchemyError, OSError) as exc:
+        # A bad world file, database URL or port: one line a person can act on.
+        logging.getLogger("worldsmith").error("cannot run the shard: %s", exc)
+        return 1
     return 0
 
 

@@ -27,7 +27,7 @@ async def start_process(tmp_path, *args: str) -> tuple[asyncio.subprocess.Proces
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDSMITH_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args,
-        cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO)},
+        cwd=tmp_path, env=env | {"PYTHONPATH": str(REPO), "WORLDSMITH_NPC_MODEL": "none"},
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     lines: list[str] = []
 
@@ -126,3 +126,14 @@ async def test_ready_line_then_sigterm_closes_1001_flushes_poses_and_exits_0(tmp
         store.close()
     assert (rec.x, rec.z, rec.yaw) == (12.5, -4.0, 1.0)
     assert any("stopped" in line for line in ready["lines"])
+
+
+def test_unreadable_world_file_is_one_error_line_and_exit_1(tmp_path):
+    """A shard that cannot start says why in one log line, without a traceback, and exits 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDSMITH_")}
+    run = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--world", str(tmp_path / "missing.toml"),
+                          "--db", f"sqlite:///{tmp_path / 'x.db'}"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env=env | {"WORLDSMITH_NPC_MODEL": "none"})
+    assert run.returncode == 1
+    assert "cannot run the shard" in run.stderr and "missing.toml" in run.stderr
+    assert "Traceback" not in run.stderr
