@@ -23,10 +23,23 @@ class Mind:
     def prompt(self, situation: Situation, memory: Recollection, line: str, *, context_tokens: int,
                facts_per_answer: int, count: Callable[[list[Message]], int]) -> Prompt:
         """The prompt for one answer to `line`, within the context budget."""
-        facts = relevant(line, self.facts, k=facts_per_answer)
+        facts = relevant(line, self.facts + self._remembered(situation, memory), k=facts_per_answer)
         budget = PromptBudget(context_tokens, self.persona.reply_tokens)
         return build_prompt(self.persona, self.fixed, situation, memory, line, facts,
                             budget=budget, count=count)
+
+    @staticmethod
+    def _remembered(situation: Situation, memory: Recollection) -> list[str]:
+        """Facts from memory that a line may ask about ("do you remember my name?")."""
+        if not memory.met_before:
+            return []
+        name = situation.player_name
+        # Phrased as the answer itself: measured, the default model repeats "The traveller's
+        # name is Alice." when asked, and ignores "you remember them: their name is Alice".
+        facts = [f"The traveller's name is {name}."]
+        if memory.summary:
+            facts.append(f"You remember about {name}: {memory.summary}")
+        return facts
 
     def stop_strings(self, speaker_name: str) -> tuple[str, ...]:
         """Where the answer is cut: the first sign of the model speaking for the player."""

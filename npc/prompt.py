@@ -86,7 +86,11 @@ def fixed_part(persona: Persona, facts: Sequence[str]) -> list[Message]:
 
 def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
                     detail: bool) -> str:
-    parts = [f"You are talking with {s.player_name}."]
+    # The NPC knows a player's name only once it has met them: names are learnt in
+    # conversation and remembered, which is what makes remembering them mean something.
+    met = memory is not None and memory.met_before
+    who = s.player_name if met else "a traveller"
+    parts = [f"You are talking with {who}" + ("." if met else " you have not met before.")]
     if s.place:
         parts.append(f"You are at {s.place}.")
     if s.time_of_day:
@@ -94,13 +98,11 @@ def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
     if detail and s.nearby:
         parts.append("Also nearby: " + ", ".join(s.nearby) + ".")
     if detail and s.built_nearby:
-        parts.append(f"{s.player_name} has built nearby: " + "; ".join(s.built_nearby) + ".")
-    if memory is not None and memory.met_before:
+        parts.append(f"The traveller has built nearby: " + "; ".join(s.built_nearby) + ".")
+    if met:
         parts.append(f"You have met {s.player_name} before.")
         if memory.summary:
             parts.append(f"What you remember of them: {memory.summary}")
-    else:
-        parts.append(f"You have not met {s.player_name} before.")
     return " ".join(parts)
 
 

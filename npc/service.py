@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from npc.guard import guard_line
 from npc.knowledge import nearest_place
 from npc.memory import Memory, fallback_summary, remember, summary_request, with_summary
 from npc.mind import Mind
@@ -96,6 +97,7 @@ class NpcService(NpcHook):
     def __init__(self, settings: NpcSettings | None = None, *, engine=None) -> None:
         self.settings = settings or NpcSettings()
         self.engine = engine
+        self._owns_engine = engine is None  # an engine handed in is its giver's to close
         self.ready = asyncio.Event()
         self.shard = None
         self.personas: dict[str, Persona] = {}
@@ -137,7 +139,7 @@ class NpcService(NpcHook):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.engine is not None:
+        if self.engine is not None and self._owns_engine:
             await self.engine.aclose()
 
     def _spawn(self, coro) -> None:
@@ -240,7 +242,7 @@ class NpcService(NpcHook):
         tok = self.engine.tokenizer
         s = self.settings
         mind = self.minds[persona.id]
-        prompt = mind.prompt(self._situation(persona, line), memory.recollection(), line.text,
+        prompt = mind.prompt(self._situation(persona, line), memory.recollection(), heard(line.text),
                              context_tokens=s.context_tokens, facts_per_answer=s.facts_per_answer,
                              count=lambda msgs: len(tok.render_chat(msgs)))
         params = SamplingParams(
@@ -309,7 +311,7 @@ class NpcService(NpcHook):
         key = (persona.id, line.speaker_name.lower())
         mem = await self._recall(persona, line.speaker_name)
         tok = self.engine.tokenizer
-        mem, folded = remember(mem, Turn(line.text, answer.strip()), keep_tokens=self.settings.memory_tokens,
+        mem, folded = remember(mem, Turn(heard(line.text), answer.strip()), keep_tokens=self.settings.memory_tokens,
                                count=lambda t: len(tok.encode(t)), now_ms=int(time.time() * 1000))
         self._memory[key] = mem
         await self._save(mem)
@@ -346,6 +348,11 @@ class NpcService(NpcHook):
         mem = with_summary(mem, text) if text else fallback_summary(mem, folded)
         self._memory[key] = mem
         await self._save(mem)
+
+
+def heard(text: str) -> str:
+    """What the NPC hears of a player's line: role imitations and persona overrides removed."""
+    return guard_line(text).text
 
 
 async def _in_daemon_thread(fn, *args):

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ KEEPALIVE_S = 5
 CALL_TIMEOUT_S = 5.0
 OUTBOX_LIMIT = 20_000           # queued publishes; past this the oldest are dropped
 INCOMING_LIMIT = 100_000
+PUBLISH_WINDOW = 64            # publishes awaiting their PUBACK at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class Outbox:
         self.idle = asyncio.Event()  # set while nothing is queued or being written
         self.idle.set()
         self.dropped = 0
+        self._writing = 0  # taken by get() and not yet written() or ungot
 
     def put(self, item: Outgoing) -> None:
         """Queue one publish; never blocks."""
@@ -65,17 +68,20 @@ class Outbox:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
+        self._writing += 1
         return self._items.popleft()
 
     def unget(self, item: Outgoing) -> None:
         """Put back a publish that could not be written (it goes out first next time)."""
+        self._writing -= 1
         self._items.appendleft(item)
         self.idle.clear()
         self._ready.set()
 
     def written(self) -> None:
         """The writer finished a publish; marks the outbox idle once nothing is left."""
-        if not self._items:
+        self._writing -= 1
+        if not self._items and not self._writing:
             self.idle.set()
 
     def __len__(self) -> int:
@@ -131,7 +137,10 @@ class Link:
             a.host, a.port, username=self.username, password=self.password,
             identifier=self.identifier, protocol=aiomqtt.ProtocolVersion.V5, will=self.will,
             clean_start=True, keepalive=KEEPALIVE_S, timeout=CALL_TIMEOUT_S,
-            max_queued_incoming_messages=INCOMING_LIMIT, logger=_client_log)
+            max_queued_incoming_messages=INCOMING_LIMIT, logger=_client_log,
+            # Nagle's algorithm holds small publishes until the broker ACKs the previous
+            # one; with delayed ACKs that is tens of milliseconds per token batch.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         async with client:
             self.client = client
             try:
@@ -170,14 +179,25 @@ class Link:
                 log.exception("%s ignored a bad message on %s", self.name, message.topic.value)
 
     async def _write(self, client: aiomqtt.Client) -> None:
-        while True:
-            item = await self.outbox.get()
-            try:
-                await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-            except BaseException:
-                self.outbox.unget(item)
-                raise
-            self.outbox.written()
+        # Publishes are pipelined: waiting for each PUBACK before the next would cost a
+        # broker round trip per message, and on a worker whose engine thread holds the GIL
+        # each round trip is several milliseconds. The client writes them in call order.
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                item = await self.outbox.get()
+                await window.acquire()
+                tasks.create_task(self._publish(client, item, window))
+
+    async def _publish(self, client: aiomqtt.Client, item: Outgoing, window: asyncio.Semaphore) -> None:
+        try:
+            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
+        except BaseException:
+            self.outbox.unget(item)
+            raise
+        finally:
+            window.release()
+        self.outbox.written()
 
     async def publish_now(self, item: Outgoing, timeout: float = 2.0) -> bool:
         """Publish outside the outbox (shutdown messages); False if the broker is not there."""
