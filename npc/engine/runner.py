@@ -229,6 +229,15 @@ class Runner:
         self._free_row(seq_id)
         self.sampler.release(seq_id)
 
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+
+    def _length_mask(self, lens: list[int], width: int) -> torch.Tensor:
+        """(len(lens), width) additive mask: 0 before each length, -inf after."""
+        visible = torch.arange(width).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
+        mask = torch.zeros(len(lens), width).masked_fill_(~visible, float("-inf"))
+        return mask.to(self.device, dtype=self.dtype, non_blocking=True)
+
     def _slots(self, table: list[int], start: int, stop: int) -> list[int]:
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]
@@ -311,11 +320,7 @@ class Runner:
                 decode_lens.append(b)
             elif i >= len(decodes) + len(grouped):
                 prefills.append(_Prefill(slice(t0, len(ids)), row, a))
-        dev = self.device
-
-        def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long).to(dev, non_blocking=True)
-
+        tensor = self._tensor
         span = length = 0
         rows_t = mask = None
         if decodes:
@@ -323,22 +328,19 @@ class Runner:
             lens = [1] * span  # rows not decoding this step may look at position 0 only
             for row, n in zip(decode_rows, decode_lens):
                 lens[row] = n
-            visible = torch.arange(length).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)  # (span, L)
-            mask = torch.zeros(span, length).masked_fill_(~visible, float("-inf"))
-            mask = mask.view(1, span, 1, length).to(dev, dtype=self.dtype, non_blocking=True)
+            mask = self._length_mask(lens, length).view(1, span, 1, length)
             if decode_rows != list(range(span)):
                 rows_t = tensor(decode_rows)
         shared: list[_Shared] = []
         t0 = len(decodes)
         for members, prefix in groups:
+            m = len(members)
             lens = [len(w.seq.tokens) - prefix for w in members]
             tail = max(lens)
-            visible = torch.arange(tail).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)  # (m, S)
-            gmask = torch.zeros(len(members), tail).masked_fill_(~visible, float("-inf"))
             rows = [self._row_of[w.seq.seq_id] for w in members]
-            shared.append(_Shared(slice(t0, t0 + len(members)), tensor(rows), rows[0], prefix, tail,
-                                  gmask.view(1, len(members), 1, tail).to(dev, dtype=self.dtype)))
-            t0 += len(members)
+            shared.append(_Shared(slice(t0, t0 + m), tensor(rows), rows[0], prefix, tail,
+                                  self._length_mask(lens, tail).view(1, m, 1, tail)))
+            t0 += m
         ctx = StepContext(self, tensor(slots), tensor(row_of_token), tensor(positions), len(decodes),
                           rows_t, span, length, mask, prefills, shared)
         hidden = self.model(tensor(ids), tensor(positions), ctx)  # (T, C)
