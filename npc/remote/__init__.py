@@ -11,11 +11,14 @@ messages. The client library is aiomqtt (MQTT 5), the maintained successor of as
 Topics (the one place they are defined; ``P`` is the world prefix, default ``worldsmith``,
 the same prefix the shards' own MQTT relay uses)::
 
-    P/npc/requests          QoS 1. shard -> workers: a queue `generate` message plus
+    P/npc/requests          QoS 1. shard -> workers: a queue `generate` message (id, deadline,
+                            messages, sampling, priority) plus
                             "reply": the shard's reply topic. Workers subscribe as the MQTT 5
                             shared subscription $share/npc-workers/P/npc/requests, so the
                             broker hands each request to one worker.
-    P/npc/reply/SHARD       QoS 1. workers -> one shard: {"w": WORKER, "m": [messages]} where
+    P/npc/reply/SHARD.N     QoS 1. workers -> one shard (N: a random tag per RemoteEngine, so a
+                            restarted shard never reads its predecessor's answers):
+                            {"w": WORKER, "m": [messages]} where
                             messages are queue `accepted`, `rejected`, `piece` (numbered n),
                             `done`. Batched per shard: an answer's later pieces wait up to
                             coalesce_ms (default 5) to share one broker message.

@@ -15,6 +15,7 @@ within `accept_timeout_s`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -135,15 +136,18 @@ class RemoteEngine:
     def __init__(self, settings: RemoteSettings, *, tokenizer) -> None:
         self.settings = settings
         self.tokenizer = tokenizer
-        self.shard = settings.shard or f"s-{secrets.token_hex(4)}"
+        self.shard = settings.shard or "shard"
+        self._nonce = secrets.token_hex(3)
         self.topics = NpcTopics(settings.world_prefix)
-        self.reply_topic = self.topics.reply(self.shard)
+        # One reply topic per engine instance: a restarted shard (or two with one name)
+        # never reads, or cancels, another instance's answers.
+        self.reply_topic = self.topics.reply(f"{self.shard}.{self._nonce}")
+        self._id_prefix = f"{self.shard}.{self._nonce}."
         self.workers: dict[str, WorkerLoad] = {}
         self.metrics = RemoteMetrics(self)
         self._seen_at: dict[str, float] = {}     # worker -> monotonic time of its last report
         self._calls: dict[str, RemoteReplyStream] = {}
         self._ids = itertools.count(1)
-        self._nonce = secrets.token_hex(3)
         self._closed = False
         self._tasks: list[asyncio.Task] = []
         self._workers_changed = asyncio.Event()
@@ -164,12 +168,16 @@ class RemoteEngine:
                        loop.create_task(self._watch(), name="npc-remote-watch")]
 
     async def aclose(self) -> None:
-        """Cancel every answer in flight (told to the workers when reachable) and disconnect."""
+        """Cancel every answer in flight (telling their workers, briefly waiting for the broker) and disconnect."""
         self._closed = True
         for call in list(self._calls.values()):
             if call.worker is not None:
-                await self.link.publish_now(self._cancel_msg(call.worker, call.id), timeout=0.5)
+                self.link.outbox.put(self._cancel_msg(call.worker, call.id))
             self._end(call, "cancelled", detail="engine closed")
+        if self.link.connected.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.link.outbox.idle.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -223,7 +231,7 @@ class RemoteEngine:
             deadline = min(deadline, now + timeout) if deadline is not None else now + timeout
         try:
             request = GenerateRequest(
-                f"{self.shard}.{self._nonce}.{next(self._ids)}",
+                f"{self._id_prefix}{next(self._ids)}",
                 tuple((m["role"], m["content"]) for m in messages) if messages is not None else (),
                 tuple(prompt_ids) if prompt_ids is not None else None, Sampling.from_params(params),
                 None if deadline is None else time.time() + (deadline - now), priority.name.lower())
@@ -284,8 +292,8 @@ class RemoteEngine:
     def _on_reply(self, worker: str, msg) -> None:
         call = self._calls.get(msg.request_id)
         if call is None or worker in call.abandoned:
-            if isinstance(msg, (Accepted, Piece)):
-                self._tell_stop(worker, msg.request_id, call)
+            if isinstance(msg, (Accepted, Piece)) and msg.request_id.startswith(self._id_prefix):
+                self._tell_stop(worker, msg.request_id, call)  # ours, but ended or re-offered
             return
         if call.worker is None:
             call.worker = worker  # the first worker heard from serves it
