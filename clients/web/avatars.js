@@ -6,6 +6,24 @@ import * as THREE from "three";
 
 export const OBJECT_SHAPES = ["box", "sphere", "cylinder", "cone", "pyramid", "torus"];
 
+// Physically based shading looks best; Lambert shading is far cheaper to compile and draw,
+// which weak devices (and software renderers) need. Chosen once, before anything is built.
+let Material = THREE.MeshStandardMaterial;
+
+/** Use cheap (Lambert) shading for everything built from now on. */
+export function useCheapShading() {
+  Material = THREE.MeshLambertMaterial;
+}
+
+/** A surface material of `colour` in the current shading; `opts` may hold PBR-only keys. */
+export function surface(colour, opts = {}) {
+  if (Material === THREE.MeshLambertMaterial) {
+    const { roughness, metalness, ...rest } = opts;   // Lambert has neither
+    return new Material({ color: colour, ...rest });
+  }
+  return new Material({ color: colour, ...opts });
+}
+
 /** A stable, pleasant colour for a name (same name, same colour, on every client). */
 export function colourForName(name) {
   let h = 0;
@@ -43,7 +61,7 @@ export function makeLabel(text, style = "player") {
 }
 
 function mesh(geometry, colour, opts = {}) {
-  const m = new THREE.Mesh(geometry, new THREE.MeshStandardMaterial({ color: colour, ...opts }));
+  const m = new THREE.Mesh(geometry, surface(colour, opts));
   m.castShadow = true;
   return m;
 }

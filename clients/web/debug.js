@@ -26,6 +26,8 @@ export function publishDebugHook(game) {
     /** Whether the most recent hello carried a session token (a resume). */
     resumedWithToken: () => Boolean(conn.lastHello && conn.lastHello.token),
     lastClose: () => (conn.lastClose ? { ...conn.lastClose } : null),
+    /** The close that lost the joined session, whose reason the banner shows while retrying. */
+    dropClose: () => (conn.dropClose ? { ...conn.dropClose } : null),
     /** Map id -> {id, kind, name, x, y, z, yaw, props}: the shard's latest pose of each entity in view. */
     entities: () => new Map([...model.entities].map(([id, e]) => [id, {
       id, kind: e.kind, name: e.name, ...copyPose(e.pose), props: { ...e.props },

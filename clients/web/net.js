@@ -41,6 +41,7 @@ export class Connection {
     this.reconnects = 0;         // successful re-joins after a drop
     this.lastHello = null;       // what the most recent hello carried (for the debug hook)
     this.lastClose = null;       // {code, reason} of the most recent close
+    this.dropClose = null;       // {code, reason} of the close that lost the joined session
     this._listeners = new Map();
     this._nextId = 1;
     this._timer = null;
@@ -165,8 +166,10 @@ export class Connection {
       this._setState("closed", this.lastClose);
       return;
     }
+    // Failed retries also close (1006, refused); the reason worth showing is the first one.
+    if (!this._dropped) this.dropClose = this.lastClose;
     this._dropped = true;
-    this._scheduleReconnect(ev.code, ev.reason);
+    this._scheduleReconnect(this.dropClose.code, this.dropClose.reason);
   }
 
   _scheduleReconnect(code, reason) {

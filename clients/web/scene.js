@@ -2,7 +2,7 @@
 // player (third person on a screen, first person in VR), and one mesh group per entity in view.
 
 import * as THREE from "three";
-import { makeEntityMesh, disposeGroup } from "./avatars.js";
+import { makeEntityMesh, disposeGroup, surface, useCheapShading } from "./avatars.js";
 
 // Where the camera sits behind the player on a screen (metres, in the player's frame).
 const CAMERA_BACK = 4.5;
@@ -10,11 +10,11 @@ const CAMERA_UP = 2.4;
 
 /**
  * Drawing quality. "low" is for weak devices (and software-rendered test browsers): no
- * antialiasing or shadows, a quarter of the pixels, at most 15 frames a second.
+ * antialiasing or shadows, Lambert shading, a quarter of the pixels, at most 15 frames a second.
  */
 export const QUALITY = {
-  high: { antialias: true, shadows: true, pixelRatio: 2, maxFps: 0 },
-  low: { antialias: false, shadows: false, pixelRatio: 0.5, maxFps: 15 },
+  high: { antialias: true, shadows: true, pixelRatio: 2, maxFps: 0, cheapShading: false },
+  low: { antialias: false, shadows: false, pixelRatio: 0.5, maxFps: 15, cheapShading: true },
 };
 
 /** Owns the three.js scene. `model` is the WorldModel whose entities it draws. */
@@ -22,6 +22,7 @@ export class WorldView {
   constructor(container, model, quality = QUALITY.high) {
     this.model = model;
     this.quality = quality;
+    if (quality.cheapShading) useCheapShading();
     this.meshes = new Map();     // entity id -> THREE.Group
     this.pitch = -0.15;          // camera look up/down on a screen (radians)
     this.bodyYaw = null;         // which way the rig faces; null: the player's yaw
@@ -76,11 +77,11 @@ export class WorldView {
     // Grass inside the bounds, a darker margin outside so the edge of the world is visible.
     const group = new THREE.Group();
     const outside = new THREE.Mesh(new THREE.PlaneGeometry(w + 200, d + 200),
-      new THREE.MeshStandardMaterial({ color: 0x6b7f5a, roughness: 1 }));
+      surface(0x6b7f5a, { roughness: 1 }));
     outside.rotation.x = -Math.PI / 2;
     outside.position.set(cx, -0.02, cz);
     const inside = new THREE.Mesh(new THREE.PlaneGeometry(w, d),
-      new THREE.MeshStandardMaterial({ color: 0x7fbf5f, roughness: 0.95 }));
+      surface(0x7fbf5f, { roughness: 0.95 }));
     inside.rotation.x = -Math.PI / 2;
     inside.position.set(cx, 0, cz);
     inside.receiveShadow = true;
@@ -92,7 +93,7 @@ export class WorldView {
 
     const fence = new THREE.Group();
     const postGeom = new THREE.CylinderGeometry(0.08, 0.08, 1.2, 6);
-    const postMat = new THREE.MeshStandardMaterial({ color: 0x8b5a2b });
+    const postMat = surface(0x8b5a2b);
     const edge = [[minx, minz], [maxx, minz], [maxx, maxz], [minx, maxz], [minx, minz]];
     for (let i = 0; i < 4; i++) {
       const [ax, az] = edge[i], [bx, bz] = edge[i + 1];

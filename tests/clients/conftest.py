@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +166,7 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     # The screenshots left in artifacts/web/ should be this run's, not an older run's.
-    for old in ARTIFACTS.glob("*.png"):
+    for old in [*ARTIFACTS.glob("*.png"), *ARTIFACTS.glob("figures.jsonl")]:
         old.unlink()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -191,11 +193,20 @@ class Pages:
         return page
 
     def snapshot(self, label: str) -> None:
-        """Keep a screenshot of every page in artifacts/web/ as the run's evidence."""
+        """Keep a screenshot of every page in artifacts/web/ as the run's evidence, and a line
+        of figures per joined page in artifacts/web/figures.jsonl (join time, frame rate, RTT)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for i, page in enumerate(self.pages):
             try:
                 page.screenshot(path=str(ARTIFACTS / f"{label}-{i}.png"))
+                if hasattr(page, "joined_at"):
+                    frames, rtt = page.evaluate("[window.worldsmith.frames, window.worldsmith.rttMs]")
+                    frames -= page.frames_at_join
+                    secs = time.monotonic() - page.joined_at
+                    line = {"page": f"{label}-{i}", "join_s": round(page.join_s, 2), "seconds": round(secs, 1),
+                            "fps": round(frames / secs, 1), "rtt_ms": rtt}
+                    with open(ARTIFACTS / "figures.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps(line) + "\n")
             except Exception:  # a crashed page has no screenshot; the test already says why
                 pass
 
@@ -262,6 +273,7 @@ def join(page, url: str, name: str, password: str = "") -> str:
 
     Pages run at the client's low drawing quality: software WebGL on a shared CPU.
     """
+    started = time.monotonic()
     page.goto(url + "?quality=low")
     page.fill("#login-name", name)
     if password:
@@ -269,4 +281,7 @@ def join(page, url: str, name: str, password: str = "") -> str:
     page.click("#login-join")
     page.wait_for_function("() => window.worldsmith && window.worldsmith.connected"
                            " && window.worldsmith.entities.has(window.worldsmith.you)")
+    page.joined_at = time.monotonic()
+    page.join_s = page.joined_at - started
+    page.frames_at_join = page.evaluate("window.worldsmith.frames")
     return page.evaluate("window.worldsmith.you")

@@ -66,8 +66,9 @@ def npc_shard(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web-npc")
     (folder / "world.toml").write_text(WORLD, encoding="utf-8")
     settings = _shard_settings(folder, world=str(folder / "world.toml"))
+    # One torch thread: the browser and the shard share this CPU with the model.
     s = ShardThread(settings, npcs=lambda: NpcService(NpcSettings(model="tiny", soft_stop=1.0,
-                                                                   context_tokens=1024)))
+                                                                   context_tokens=1024, threads=1)))
     s.start()
     yield s
     s.stop()

@@ -28,7 +28,7 @@ def test_page_says_reconnecting_and_rejoins_with_its_token_after_the_shard_resta
     assert "Reconnecting" in banner
     # A clean shutdown closes 1001 ("restarting"); on a starved machine the closing handshake
     # can time out and the page sees the connection simply lost (1006). Either way it says so.
-    code = page.evaluate("window.worldsmith.lastClose.code")
+    code = page.evaluate("window.worldsmith.dropClose.code")
     assert (code, "restarting" in banner) in ((1001, True), (1006, False)), (code, banner)
     assert not page.evaluate("window.worldsmith.connected")
 
