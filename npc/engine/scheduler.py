@@ -111,6 +111,7 @@ class Scheduler:
                 budget -= count
         # Admit new sequences while there is room.
         self.waiting.sort(key=lambda s: (s.priority, s.arrival, s.seq_id))
+        self._make_room_for_priority()
         pending = self._pending_blocks()
         i = 0
         while i < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_running:
@@ -134,6 +135,18 @@ class Scheduler:
             work.append(Work(seq, seq.num_computed, count))
             budget -= count
         return work
+
+    def _make_room_for_priority(self) -> None:
+        """With the batch full, a waiting request preempts a running one of lower priority.
+
+        Background work (memory summaries, LOW) must never keep a player's answer waiting.
+        """
+        if not self.waiting or len(self.running) < self.config.max_running:
+            return
+        victim = self._victim()
+        if victim.priority > self.waiting[0].priority:
+            self._preempt(victim)
+            self.waiting.sort(key=lambda s: (s.priority, s.arrival, s.seq_id))
 
     def _pending_blocks(self) -> set[int]:
         """Chain hashes of prompt blocks that running prefills have yet to compute and register."""

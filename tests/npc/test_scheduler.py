@@ -149,3 +149,26 @@ def test_unrelated_prompt_is_not_held_back_by_a_deferred_one() -> None:
     run_step(s)
     run_step(s)
     assert other.status is Status.RUNNING and twin.status is Status.WAITING
+
+
+def test_waiting_player_preempts_running_background_work() -> None:
+    """With the batch full of LOW work, a NORMAL request takes a slot at once; the LOW one waits."""
+    s = make(max_running=2)
+    low_a, low_b = seq(3, max_tokens=50, priority=Priority.LOW), seq(3, max_tokens=50, priority=Priority.LOW, start=20)
+    s.add(low_a)
+    s.add(low_b)
+    run_step(s)
+    player = seq(3, start=40)
+    s.add(player)
+    run_step(s)
+    assert player.status is Status.RUNNING
+    assert low_b.status is Status.WAITING and low_a.status is Status.RUNNING  # the younger LOW gave way
+    assert s.preemptions == 1
+    other = seq(3, start=60)  # a second player: the last LOW one gives way too
+    s.add(other)
+    run_step(s)
+    assert other.status is Status.RUNNING and low_a.status is Status.WAITING and s.preemptions == 2
+    third = seq(3, start=80)  # equal priorities never preempt each other
+    s.add(third)
+    run_step(s)
+    assert third.status is Status.WAITING and s.preemptions == 2
