@@ -111,12 +111,18 @@ class WorldConfig:
         _number("world.spawn_radius", self.spawn_radius, nonneg=True)
         for key in ("aoi", "shout_range", "talk_range", "speed"):
             _number(f"world.{key}", getattr(self, key), positive=True)
+        names = set()
         for i, p in enumerate(self.places):
             if not isinstance(p, Place):
                 raise ConfigError(f"places[{i}]", "must be a Place")
+            if p.name.strip().lower() in names:
+                raise ConfigError(f"places[{i}].name", f"duplicate place name {p.name!r}")
+            names.add(p.name.strip().lower())
+            _inside(f"places[{i}]", p.x, p.z, (minx, minz, maxx, maxz))
         for i, o in enumerate(self.objects):
             if not isinstance(o, ObjectSpec):
                 raise ConfigError(f"objects[{i}]", "must be an ObjectSpec")
+            _inside(f"objects[{i}]", o.x, o.z, (minx, minz, maxx, maxz))
         for i, n in enumerate(self.npcs):
             if not isinstance(n, dict):
                 raise ConfigError(f"npcs[{i}]", "must be a table")
@@ -125,6 +131,14 @@ class WorldConfig:
         """The place with this name (case-insensitive), or None."""
         low = name.strip().lower()
         return next((p for p in self.places if p.name.lower() == low), None)
+
+
+def _inside(key: str, x: float, z: float, bounds: tuple[float, ...]) -> None:
+    minx, minz, maxx, maxz = bounds
+    if not minx <= x <= maxx:
+        raise ConfigError(f"{key}.x", f"{x!r} lies outside world.bounds")
+    if not minz <= z <= maxz:
+        raise ConfigError(f"{key}.z", f"{z!r} lies outside world.bounds")
 
 
 def _table_list(data: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -93,6 +93,10 @@ anything = "kept raw"
     ('[[objects]]\nshape = "box"\nx = 0\ny = 0\nz = 0\ncolor = "red"\n', "objects[0].color"),
     ('[[objects]]\nshape = "box"\nx = "a"\ny = 0\nz = 0\n', "objects[0].x"),
     ('npcs = 3\n', "npcs"),
+    ('[[places]]\nname = "a"\nx = 9000\ny = 0\nz = 0\n', "places[0].x"),
+    ('[[places]]\nname = "a"\nx = 0\ny = 0\nz = 0\n[[places]]\nname = "A "\nx = 1\ny = 0\nz = 0\n',
+     "places[1].name"),
+    ('[[objects]]\nshape = "box"\nx = 0\ny = 0\nz = -9000\n', "objects[0].z"),
     ('[world]\naoi = nan\n', "world.aoi"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, key):
