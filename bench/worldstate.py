@@ -72,6 +72,7 @@ def step(world: World, rng: random.Random, players, npcs, heading, now_ms: int, 
 
 
 def main(argv=None) -> int:
+    """Run the benchmark; print the table and a JSON line; exit 1 if any diff differs from the oracle."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--observers", type=int, default=1000)
     ap.add_argument("--entities", type=int, default=10_000)
