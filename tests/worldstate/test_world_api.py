@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worldstate import DuplicateEntity, Entity, Pose, UnknownEntity, World, WorldConfig
 
@@ -217,3 +219,21 @@ def test_world_tuning_is_validated():
 
 def make_world_with(**kw) -> World:
     return World(WorldConfig(), **kw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-90, 90), st.integers(-90, 90), st.sampled_from(["player", "npc", "object"])),
+                max_size=60),
+       st.integers(-100, 100), st.integers(-100, 100), st.integers(0, 150),
+       st.sampled_from([None, "player", "npc", "object"]))
+def test_near_equals_brute_force(spots, x, z, radius, kind):
+    """near() returns exactly the brute-force set (x-z distance <= radius, inclusive), nearest first."""
+    w = make_world()
+    for i, (ex, ez, k) in enumerate(spots):
+        w.add(Entity(f"e:{i}", k, str(i), Pose(float(ex), 0.0, float(ez))))
+    got = w.near(float(x), float(z), float(radius), kind=kind)
+    want = {e.id for e in w.entities()
+            if (e.pose.x - x) ** 2 + (e.pose.z - z) ** 2 <= radius * radius and kind in (None, e.kind)}
+    assert {e.id for e in got} == want and len(got) == len(want)
+    d = [(e.pose.x - x) ** 2 + (e.pose.z - z) ** 2 for e in got]
+    assert d == sorted(d)
