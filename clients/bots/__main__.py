@@ -32,10 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # uvloop is optional for the bots; asyncio works, only slower
         runner = asyncio.run
-    try:
-        report = runner(run_bots(settings))
-    except KeyboardInterrupt:
-        return 130
+    report = runner(run_bots(settings, stop_on_signals=True))  # Ctrl-C ends early, still reports
     if settings.progress:
         print(file=sys.stderr)
     print(format_table(report))

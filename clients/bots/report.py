@@ -40,6 +40,8 @@ def build_report(swarm) -> dict:
         warnings.append(f"BOTS ARE THE BOTTLENECK: own loop lag p99 {lag['p99']} ms "
                         f"(limit {s.lag_warn_ms} ms), bots' CPU {cpu_pct}% of a core; "
                         "latencies include the bots' own delay")
+    if swarm.made and window < s.duration - 0.5:
+        warnings.append(f"stopped early: measured {window:.1f} s of the {s.duration:g} s asked for")
     failed = sum(swarm.failures.values())
     if failed:
         warnings.append(f"{failed} of {s.bots} connections failed")

@@ -67,6 +67,7 @@ class Swarm:
         self._ramp_done = False
         self._settled_n = 0
         self._settled = asyncio.Event()
+        self._stop = asyncio.Event()
         self.t0 = self.t_measure = self.t_measure_end = 0.0
         self.cpu0 = self.cpu1 = 0.0
         self.snap0 = self.snap1 = (0, 0, 0, 0)
@@ -143,11 +144,13 @@ class Swarm:
             # Everything allocated so far lives for the whole run: keep the collector off it.
             gc.freeze()
             self.t_measure = time.monotonic() + self.s.warmup
-            await asyncio.sleep(self.s.warmup)
+            # Nothing to measure when no bot got in: report at once instead of waiting.
+            steady = self.s.duration if self.made else 0.0
+            await self._wait_stop(self.s.warmup if self.made else 0.0)
             self.cpu0 = time.process_time()
             self.snap0 = self._snapshot()
             self.on_phase("steady_start", self.t_measure)
-            await asyncio.sleep(self.s.duration)
+            await self._wait_stop(steady)
             self.t_measure_end = time.monotonic()
             self.cpu1 = time.process_time()
             self.snap1 = self._snapshot()
@@ -158,6 +161,15 @@ class Swarm:
             await _cancel(pacers + helpers)
             await self._close_all()
         return build_report(self)
+
+    def request_stop(self) -> None:
+        """End the run early (Ctrl-C): stop acting, settle the checks, close, and still report."""
+        self._stop.set()
+
+    async def _wait_stop(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a stop is requested."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     def _snapshot(self) -> tuple[int, int, int, int]:
         c = self.counters

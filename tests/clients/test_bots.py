@@ -84,13 +84,16 @@ async def test_chat_run_times_the_echo_and_counts_lines_heard(tmp_path, world_fi
     assert r["ack_ms"]["n"] == 0  # chat bots do not walk
 
 
-async def test_idle_bots_stay_connected_and_silent(tmp_path, world_file):
-    """Idle bots connect and send nothing after hello; the report shows no moves and no errors."""
+async def test_idle_bots_stay_silent_and_a_stop_request_ends_the_run_early(tmp_path, world_file):
+    """Idle bots send nothing after hello; a stop request (Ctrl-C) cuts a 60 s run short and it still reports."""
     async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
-        r = await run_bots(quick(shard.ws_url, scenario="idle", bots=5, duration=0.5))
+        swarm = Swarm(quick(shard.ws_url, scenario="idle", bots=5, duration=60.0),
+                      on_phase=lambda phase, t: phase == "steady_start" and swarm.request_stop())
+        r = await asyncio.wait_for(swarm.run(), 30)
     assert r["connections"]["welcomed"] == 5
     assert r["traffic"]["msgs_out"] == 5  # one hello each
     assert r["ack_ms"]["n"] == 0 and r["errors"] == {}
+    assert r["duration_s"] < 5 and any("stopped early" in w for w in r["warnings"])
 
 
 async def test_full_shard_close_code_is_reported(tmp_path, world_file):
