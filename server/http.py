@@ -69,6 +69,13 @@ class HttpRoutes:
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == "/ws":
             if upgrade:
+                s = self.shard.settings
+                if self.shard.connections >= s.max_players + s.max_pending:
+                    # Refused before the handshake: a connection flood costs no tasks.
+                    return _text(503, "Service Unavailable", "the shard is full\n")
+                # Counted from here until the socket is gone, whatever happens in between.
+                self.shard.connections += 1
+                conn.connection_lost_waiter.add_done_callback(self._gone)
                 return None
             return _text(426, "Upgrade Required", "WebSocket endpoint: connect with world.v1\n")
         if upgrade:
@@ -81,6 +88,9 @@ class HttpRoutes:
             return _response(200, "OK", self.shard.metrics.render().encode(),
                              "text/plain; version=0.0.4; charset=utf-8")
         return self.static(path)
+
+    def _gone(self, _future) -> None:
+        self.shard.connections -= 1
 
     def static(self, path: str) -> Response:
         """A file of the web client, or the placeholder page when none is installed."""

@@ -124,9 +124,11 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class ShardMetrics:
     """The shard's metrics, by name, with the online-players gauge bound to a callable."""
 
-    def __init__(self, players_online) -> None:
+    def __init__(self, players_online, connections_open=lambda: 0) -> None:
         r = self.registry = Registry()
         r.add(Gauge("worldsmith_players_online", "Players online on this shard.", players_online))
+        r.add(Gauge("worldsmith_connections_open", "WebSocket connections open, with or without hello.",
+                    connections_open))
         self.tick_seconds = r.add(Histogram("worldsmith_tick_seconds", "Time to compute and send one tick.", _LATENCY))
         self.messages_in = r.add(Counter("worldsmith_messages_in_total", "Messages received, by type.", ("type",)))
         self.bytes_in = r.add(Counter("worldsmith_bytes_in_total", "Bytes received, by message type.", ("type",)))

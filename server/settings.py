@@ -56,6 +56,7 @@ class Settings:
     grace_s: float = _opt(30.0, "seconds a dropped player's pose is kept for a token reconnect")
     token_ttl_s: float = _opt(7 * 24 * 3600.0, "lifetime of session tokens, seconds")
     max_players: int = _opt(2000, "players online at once (more: close 4013)")
+    max_pending: int = _opt(256, "open connections beyond max_players, e.g. before hello (more: HTTP 503)")
 
     # Slow clients and persistence.
     send_buffer_limit: int = _opt(256 * 1024, "bytes queued to a client above which state is skipped")
@@ -110,7 +111,8 @@ class Settings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_frame", "max_chat", "max_players", "send_buffer_limit", "send_buffer_max"):
+        for name in ("max_frame", "max_chat", "max_players", "max_pending", "send_buffer_limit",
+                     "send_buffer_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_chat > MAX_CHAT_STORED:

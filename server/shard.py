@@ -44,12 +44,13 @@ class Shard:
         self.signer = signer
         self.world = World(config)
         self.sessions = SessionTable(settings.grace_s)
-        self.metrics = ShardMetrics(lambda: len(self.sessions))
+        self.metrics = ShardMetrics(lambda: len(self.sessions), lambda: self.connections)
         self.npcs = npcs or NpcHook()
         self.relay = Relay(self)
         self.placed_by: dict[str, str] = {}  # object id -> guest pid that placed it
         self.admins = frozenset(n.lower() for n in settings.admins)
         self.tick_no = 0
+        self.connections = 0  # WebSocket connections accepted and not yet gone (server.http)
         self.due: set[str] = set()  # players the next tick must visit even without a view diff
         self.host = settings.host
         self.port = settings.port

@@ -101,6 +101,7 @@ async def test_metrics_count_players_messages_bytes_errors_and_ticks(shard):
     text = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert metric(text, "worldsmith_players_online") == 1
+    assert metric(text, "worldsmith_connections_open") == 1
     assert metric(text, 'worldsmith_messages_in_total{type="ping"}') == 1
     assert metric(text, 'worldsmith_bytes_in_total{type="ping"}') > 0
     assert metric(text, 'worldsmith_messages_out_total{type="pong"}') == 1

@@ -157,3 +157,19 @@ async def test_no_hello_in_time_closes_4000(start_shard):
     async with start_shard(hello_timeout_s=0.3) as shard:
         silent = await open_wire(shard.ws_url)
         assert (await silent.closed(timeout=5))[0] == 4000
+
+
+async def test_connections_beyond_max_pending_are_refused_before_the_handshake(start_shard):
+    """Past max_players + max_pending open connections, an upgrade gets HTTP 503 and costs the shard no handler."""
+    from websockets.exceptions import InvalidStatus
+
+    async with start_shard(max_players=1, max_pending=1, hello_timeout_s=30) as shard:
+        waiting = [await open_wire(shard.ws_url) for _ in range(2)]  # no hello: they just wait
+        try:
+            await open_wire(shard.ws_url)
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 503
+        else:
+            raise AssertionError("a third connection was accepted")
+        assert shard.connections == 2
+        await close_all(*waiting)
