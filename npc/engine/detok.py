@@ -4,6 +4,7 @@
 while the newest tokens decode to an incomplete character (a multi-byte character split
 across tokens) and while the tail might be the start of a stop string. The pieces
 concatenate to exactly the final text; on a stop string the text ends just before it.
+Special tokens (role markers such as `<|im_start|>`) are never shown.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ _REPLACEMENT = "\ufffd"
 
 
 class Decoder(Protocol):
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int], *, skip_special: bool = False) -> str: ...
 
 
 class Detokenizer:
@@ -38,8 +39,8 @@ class Detokenizer:
         if token in self.skip_ids:
             return ""
         self.ids.append(token)
-        window = self.tokenizer.decode(self.ids[self._prefix:])
-        before = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        window = self._decode(self.ids[self._prefix:])
+        before = self._decode(self.ids[self._prefix:self._read])
         if window.endswith(_REPLACEMENT) or len(window) <= len(before):
             return ""  # an incomplete character: wait for its remaining bytes
         new = window[len(before):]
@@ -50,11 +51,14 @@ class Detokenizer:
         """End of stream: release whatever is held (incomplete characters as U+FFFD)."""
         if self.stopped:
             return ""
-        window = self.tokenizer.decode(self.ids[self._prefix:])
-        before = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        window = self._decode(self.ids[self._prefix:])
+        before = self._decode(self.ids[self._prefix:self._read])
         self._prefix = self._read = len(self.ids)
         out = self._release(window[len(before):], final=True)
         return out
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special=True)
 
     def _release(self, new: str, final: bool = False) -> str:
         pending = self._held + new

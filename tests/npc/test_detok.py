@@ -64,3 +64,10 @@ def test_pieces_always_concatenate_to_text_before_stop(text: str, stop: str) -> 
     pieces, d = stream(text, stop=(stop,))
     expected = text[:text.find(stop)] if stop in text else text
     assert "".join(pieces) == expected == d.text
+
+
+def test_special_tokens_are_never_shown() -> None:
+    """A role marker the model emits mid-answer adds no text (players never see template markup)."""
+    d = Detokenizer(TOK)
+    ids = TOK.encode("Hi") + [256] + TOK.encode(" there")  # 256 is <|im_start|>
+    assert "".join(d.push(t) for t in ids) + d.flush() == "Hi there"

@@ -40,7 +40,7 @@ async def test_stream_pieces_concatenate_to_result(engine: Engine) -> None:
     pieces, result = await collect(engine.submit(ask("Hello?"), GREEDY))
     assert result.finish_reason == "length" and result.completion_tokens == 24
     assert all(pieces) and "".join(pieces) == result.text
-    assert result.text == engine.tokenizer.decode(list(result.token_ids))
+    assert result.text == engine.tokenizer.decode(list(result.token_ids), skip_special=True)
     assert result.prompt_tokens == len(engine.tokenizer.render_chat(ask("Hello?")))
     assert result.timings.ttft_s is not None and 0 < result.timings.ttft_s <= result.timings.total_s
 
