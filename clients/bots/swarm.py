@@ -16,8 +16,9 @@ from collections import Counter
 
 from clients.bots import wire
 from clients.bots.bot import Bot
+from clients.bots.report import build_report
 from clients.bots.settings import BotSettings
-from clients.bots.stats import Recorder
+from clients.bots.stats import Recorder, percentile
 from clients.bots.truth import Truth
 
 SWEEP_S = 0.25      # ground-truth checks run this often
@@ -108,8 +109,7 @@ class Swarm:
                 clipped = (max(x0, bounds[0]), max(z0, bounds[1]), min(x1, bounds[2]), min(z1, bounds[3]))
                 self.area = clipped if clipped[0] < clipped[2] and clipped[1] < clipped[3] else bounds
             # Two bots closing at walking speed for one tick, one move interval and 100 ms in flight.
-            walk = speed * self.s.speed_fraction
-            slack = 2 * walk * (1 / tick_hz + 1 / self.s.rate + 0.1) + 0.05
+            slack = 2 * self.walk_speed * (1 / tick_hz + 1 / self.s.rate + 0.1) + 0.05
             self.truth = Truth(aoi=float(msg.get("aoi") or 100.0), slack_m=slack,
                                probe_timeout=self.s.probe_timeout)
 
@@ -129,8 +129,6 @@ class Swarm:
     # -- the run -----------------------------------------------------------------------------
     async def run(self) -> dict:
         """Connect, run the scenario for the set duration, stop, and return the report."""
-        from clients.bots.report import build_report
-
         self.t0 = time.monotonic()
         helpers = [asyncio.create_task(c) for c in (self._lag_monitor(), self._sweeper(), self._progress())]
         pacers = []
@@ -182,6 +180,8 @@ class Swarm:
         start = loop.time()
         tasks = []
         for i, bot in enumerate(self.bots):
+            if self._stop.is_set():
+                break
             delay = start + i / self.s.ramp - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -331,8 +331,6 @@ class Swarm:
 
 def progress_line(swarm: Swarm, rates: list[int]) -> str:
     """One line: elapsed, connections, recent ack/staleness p99, traffic, loop lag."""
-    from clients.bots.stats import percentile
-
     def p99(rec: Recorder) -> str:
         v = sorted(rec.take_recent())
         return f"{percentile(v, 99) * 1000:.0f}ms" if v else "-"
