@@ -126,15 +126,17 @@ class Bot:
         me = self.id
         enter = msg.get("enter")
         if enter:
+            observer = self.observer
             for e in enter:
                 eid = e["id"]
-                self.view.add(eid)
+                if observer:  # only observers keep a view: 10,000 idle bots need not
+                    self.view.add(eid)
                 if eid == me:
                     if not self.placed:
                         self._place(e)
                 elif eid[0] == "n":
                     self.npcs[eid] = (e["x"], e["z"])
-                elif self.observer:
+                elif observer:
                     self._observe(eid, e["x"], e["z"], now)
         upd = msg.get("upd")
         if upd and not self.observer and self.seq:
