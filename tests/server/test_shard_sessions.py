@@ -42,3 +42,18 @@ async def test_claimed_player_after_grace_returns_to_its_saved_pose(start_shard,
         me = own(again)
         assert (me["x"], me["z"], me["yaw"]) == (-25.0, 12.0, 0.5)
         await close_all(again, watcher)
+
+
+async def test_claimed_names_are_one_name_in_any_letter_case(start_shard):
+    """A claimed name in another letter case is the same claimed player: password required, same id."""
+    from tests.server.wire import refused
+
+    async with start_shard() as shard:
+        name = unique_name("Case")
+        first = await join(shard.ws_url, name, password="pw-case")
+        await close_all(first)
+        code, _, seen = await refused(shard.ws_url, {"t": "hello", "v": 1, "name": name.lower()})
+        assert code == 4001 and seen[0]["code"] == "auth"
+        again = await join(shard.ws_url, name.upper(), password="pw-case")
+        assert again.you == first.you
+        await close_all(again)
