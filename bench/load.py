@@ -318,12 +318,12 @@ def parse_plan(argv: list[str] | None) -> tuple[Plan, str | None]:
     """The command line into a Plan (and the JSON output path)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="100 spread, 50 crowd, 500 idle bots, 5 s each")
-    p.add_argument("--scenarios", default="spread,crowd,idle")
-    p.add_argument("--spread-bots", type=int)
-    p.add_argument("--crowd-bots", type=int)
-    p.add_argument("--idle-bots", type=int)
-    p.add_argument("--duration", type=float)
-    p.add_argument("--observers", type=int)
+    p.add_argument("--scenarios", default="spread,crowd,idle", help="comma-separated, in this order")
+    p.add_argument("--spread-bots", type=int, help="bots over the whole world (default 1000)")
+    p.add_argument("--crowd-bots", type=int, help="bots in the 200 m square (default 500)")
+    p.add_argument("--idle-bots", type=int, help="silent connected players (default 10000)")
+    p.add_argument("--duration", type=float, help="steady seconds per run (default 20; idle 5 at most)")
+    p.add_argument("--observers", type=int, help="observer bots in spread (a quarter in crowd; default 100)")
     p.add_argument("--idle-world-m", type=float,
                    help="side of the idle scenario's square world (default: 1000, as the others)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline runs")
