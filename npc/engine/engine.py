@@ -42,9 +42,9 @@ class EngineSettings:
     """Capacity and placement of one engine.
 
     Memory: `kv_budget_mb` of KV pages (the blocks the prefix cache shares), plus one
-    contiguous KV row of `max_model_len` tokens per running sequence (what attention
-    reads). For SmolLM2-135M in fp32 a token's K/V is 45 KiB: 32 rows of 1024 tokens take
-    1.4 GiB beside the pages.
+    contiguous KV row per running sequence (what attention reads), all rows as long as
+    the longest sequence so far (doubling from 256, at most `max_model_len`). For
+    SmolLM2-135M in fp32 a token's K/V is 45 KiB: 32 rows of 1024 tokens take 1.4 GiB.
     """
 
     max_running: int = 32  # sequences decoding together
@@ -156,7 +156,7 @@ class EngineCore:
                              max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype)
         self.metrics = EngineMetrics()
         self.eos_ids = frozenset(tokenizer.eos_ids)
-        log.info("engine on %s/%s: %d KV blocks of %d tokens + %d rows of %d tokens (%.0f MiB)",
+        log.info("engine on %s/%s: %d KV blocks of %d tokens + %d rows of up to %d tokens (%.0f MiB now)",
                  device, str(dtype).removeprefix("torch."), num_blocks, settings.block_size,
                  settings.max_running, max_len, self.runner.cache_bytes / 2**20)
 

@@ -5,7 +5,8 @@ Two KV stores, both preallocated:
   the named KV budget. Position p of a sequence lives in slot
   `block_table[p // bs] * bs + p % bs`. This is what the block manager accounts for and
   what the prefix cache shares between requests.
-- Rows: per layer (Hkv, R, row_len, D), one contiguous row per running sequence. Every
+- Rows: per layer (Hkv, R, cap, D), one contiguous row per running sequence, `cap`
+  growing by doubling (up to `row_len`, the longest sequence) as sequences grow. Every
   new K/V goes to both; attention reads the rows. On a CPU, gathering scattered blocks
   into a padded batch every layer of every step cost as much as the matmuls; a row is
   read in place. A row is filled from the pages once, when a sequence starts from a
@@ -85,7 +86,7 @@ class StepContext:
         r = self.runner
         r.k_pages[layer].index_copy_(0, self.slots, k)
         r.v_pages[layer].index_copy_(0, self.slots, v)
-        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (Hkv, R, row_len, D)
+        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (Hkv, R, row_cap, D)
         rk[:, self.row_of_token, self.pos_of_token] = k.transpose(0, 1)
         rv[:, self.row_of_token, self.pos_of_token] = v.transpose(0, 1)
         hq, d = q.shape[1], q.shape[2]
@@ -176,9 +177,10 @@ class Runner:
         pages = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
         self.k_pages = torch.zeros(pages, dtype=dtype, device=self.device)  # (L, S, Hkv, D)
         self.v_pages = torch.zeros(pages, dtype=dtype, device=self.device)
-        rows = (cfg.num_layers, cfg.num_kv_heads, max_running, row_len, cfg.head_dim)
-        self.k_rows = torch.zeros(rows, dtype=dtype, device=self.device)  # (L, Hkv, R, row_len, D)
-        self.v_rows = torch.zeros(rows, dtype=dtype, device=self.device)
+        self.max_running = max_running
+        self.row_cap = 0
+        self.k_rows = self.v_rows = torch.empty(0)  # (L, Hkv, R, row_cap, D) once grown
+        self._grow_rows(min(row_len, 256))
         self._row_seq: list[Sequence | None] = [None] * max_running
         self._row_of: dict[int, int] = {}  # seq_id -> row
         self._filled: dict[int, int] = {}  # seq_id -> positions of its row holding valid K/V
@@ -217,6 +219,20 @@ class Runner:
             self.k_rows[:, :, row, filled:start] = self.k_pages.index_select(1, slots).transpose(1, 2)
             self.v_rows[:, :, row, filled:start] = self.v_pages.index_select(1, slots).transpose(1, 2)
         self._filled[seq.seq_id] = start
+
+    def _grow_rows(self, need: int) -> None:
+        """Make rows hold at least `need` positions (doubling; never past row_len)."""
+        if need <= self.row_cap:
+            return
+        cap = min(self.row_len, max(need, 2 * self.row_cap))
+        cfg = self.model.cfg
+        shape = (cfg.num_layers, cfg.num_kv_heads, self.max_running, cap, cfg.head_dim)
+        for name in ("k_rows", "v_rows"):
+            grown = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if self.row_cap:
+                grown[..., :self.row_cap, :] = getattr(self, name)
+            setattr(self, name, grown)
+        self.row_cap = cap
 
     def _free_row(self, seq_id: int) -> None:
         row = self._row_of.pop(seq_id, None)
@@ -304,6 +320,7 @@ class Runner:
             seq, a, b = w.seq, w.start, w.start + w.count
             if b > self.row_len:
                 raise RuntimeError(f"sequence of {b} tokens exceeds the KV row length {self.row_len}")
+            self._grow_rows(b)
             row = self._row(seq)
             self._fill(seq, row, a)
             self._filled[seq.seq_id] = b

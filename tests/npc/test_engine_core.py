@@ -194,3 +194,21 @@ def test_shared_prefix_attention_matches_plain_attention() -> None:
     assert core.runner.shared_decodes == before + 4
     assert shared_tokens == plain_tokens
     assert (seen[0] - seen[1]).abs().max() < 1e-3
+
+
+def test_rows_grow_mid_conversation_without_changing_tokens() -> None:
+    """A long prompt arriving makes the KV rows grow; a conversation already decoding is unaffected."""
+    short = prompts(2)[1]
+    long_prompt = TOK.encode("the long lore of the old kingdom and its many kings " * 8)  # ~420 tokens
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    core = make_core(max_model_len=1024)
+    results: dict[int, Result] = {}
+    first = core.add(Sequence(short, params))
+    for _ in range(5):
+        step(core, results)
+    cap_before = core.runner.row_cap
+    second = core.add(Sequence(long_prompt, params))
+    out = drain(core, [first, second], results)
+    assert cap_before < len(long_prompt) <= core.runner.row_cap
+    assert out[0].token_ids == alone(short, params).token_ids
+    assert out[1].token_ids == alone(long_prompt, params).token_ids
