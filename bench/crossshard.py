@@ -2,7 +2,8 @@
 private lines between two shard processes.
 
     .venv/bin/python bench/crossshard.py                  # 1,000 lines a minute for 60 s
-    .venv/bin/python bench/crossshard.py --seconds 20 --rate 6000   # headroom, shorter
+    .venv/bin/python bench/crossshard.py --seconds 20 --players 5 --chat-lines 200 --rate 6000
+    .venv/bin/python bench/crossshard.py --in-process     # both shards in this process
 
 Starts a mosquitto on a free loopback port (or uses `--mqtt URL`), two shards `a` and `b`
 (`python -m server --mqtt ...`, a shared SQLite file unless `--db` names PostgreSQL), and
@@ -10,7 +11,10 @@ Starts a mosquitto on a free loopback port (or uses `--mqtt URL`), two shards `a
 global and private, from a random player on either shard, each addressed (when private) to
 a random player on the other shard. Latency is send -> receipt in this one process (one
 clock), counted per delivery; "cross" counts only deliveries on the other shard, the path
-through the broker. Prints a table, the target (p99 <= 50 ms), and a final JSON line.
+through the broker. Two baselines come first: `broker_hop`, two bare MQTT clients through
+the same broker, and `control_no_mqtt`, one shard without MQTT at the same rate and number
+of players, so that on a busy machine what the relay adds can be told from what the
+machine does to every shard. Prints a table, the target (p99 <= 50 ms), and a JSON line.
 """
 from __future__ import annotations
 
@@ -147,6 +151,89 @@ async def run(args, urls: dict[str, str]) -> dict:
                for k, v in sorted(out.items())}}
 
 
+async def broker_baseline(mqtt: str, n: int = 100, gap_s: float = 0.05) -> list[float]:
+    """Latency (ms) of the broker hop alone: two bare aiomqtt clients in this process, one
+    small message every `gap_s`. What the shards add is the rest of the cross-shard figure."""
+    import socket
+
+    import aiomqtt
+
+    from server.cluster import parse_broker_url
+
+    a = parse_broker_url(mqtt)
+    opts = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    lat: list[float] = []
+
+    def client() -> aiomqtt.Client:
+        return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password,
+                              protocol=aiomqtt.ProtocolVersion.V5, socket_options=opts)
+
+    async with client() as pub, client() as sub:
+        await sub.subscribe("crossshard-bench/hop")
+
+        async def read() -> None:
+            async for m in sub.messages:
+                lat.append((time.perf_counter() - float(m.payload.decode())) * 1000.0)
+                if len(lat) == n:
+                    return
+
+        reader = asyncio.get_running_loop().create_task(read())
+        for _ in range(n):
+            await pub.publish("crossshard-bench/hop", str(time.perf_counter()).encode())
+            await asyncio.sleep(gap_s)  # pacing
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, 5)
+    return lat
+
+
+async def control(args, url: str) -> list[float]:
+    """Latency (ms) of global lines on ONE shard without MQTT, same players and rate: what
+    this machine does to any shard right now, relay or not."""
+    players = [await join(url, f"c{i}", "c") for i in range(args.players * 2)]
+    sent: dict[str, tuple[float, str, str]] = {}
+    out: dict[str, list[float]] = {}
+    for p in players:
+        p.reader = asyncio.get_running_loop().create_task(p.read(sent, out))
+    loop = asyncio.get_running_loop()
+    start, interval = loop.time(), 60.0 / args.rate
+    count = int(args.control_seconds * args.rate / 60.0)
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i * interval - loop.time()))  # pacing the load
+        sent[f"k{i}"] = (time.perf_counter(), "c", "global")
+        await players[i % len(players)].ws.send(
+            orjson.dumps({"t": "chat", "text": f"bench k{i} line", "channel": "global"}).decode())
+    deadline = loop.time() + args.drain
+    while len(out.get("global_local", [])) < count * (len(players) - 1) and loop.time() < deadline:
+        await asyncio.sleep(0.05)  # polling counters other tasks fill
+    for p in players:
+        p.reader.cancel()
+        await p.ws.close()
+    return out.get("global_local", [])
+
+
+async def in_process(args, mqtt: str, db: str) -> dict:
+    """Both shards as `run_shard` in this event loop; the players and the broker as usual."""
+    from server.app import run_shard
+    from server.settings import Settings
+
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for name in "ab":
+            s = Settings(host="127.0.0.1", port=0, shard=name, db=db, mqtt=mqtt,
+                         chat_lines=args.chat_lines)
+            urls[name] = (await stack.enter_async_context(run_shard(s))).ws_url
+        return await run(args, urls)
+
+
+def _run_loop(coro):
+    """Run on uvloop where available, as `python -m server` does."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: start broker and shards, run, print the table and a JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -157,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="shared database URL (default: a temporary SQLite file)")
     parser.add_argument("--drain", type=float, default=10.0,
                         help="seconds to wait for the last deliveries before counting the rest lost")
+    parser.add_argument("--control-seconds", type=float, default=20.0,
+                        help="also run one shard WITHOUT MQTT for this long as a control (0: skip)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run both shards in this process's event loop (still through the real "
+                             "broker): what the relay adds, without inter-process scheduling")
     parser.add_argument("--chat-lines", type=float, default=5.0,
                         help="the shards' chat limit per player per 10 s (raise it to test rate, not fan-out)")
     args = parser.parse_args(argv)
@@ -170,16 +262,31 @@ def main(argv: list[str] | None = None) -> int:
                 broker.start()
             url = args.mqtt or broker.url
             db = args.db or f"sqlite:///{tmp}/world.db"
-            extra = ("--chat-lines", str(args.chat_lines))
-            shards = [ShardProcess(s, cwd=Path(tmp), mqtt=url, db=db, extra=extra) for s in "ab"]
-            result = asyncio.run(run(args, {s.name: s.ws for s in shards}))
+            hop = _run_loop(broker_baseline(url))
+            ctl: list[float] = []
+            if args.control_seconds > 0:
+                alone = ShardProcess("c", cwd=Path(tmp), mqtt=None, db=f"sqlite:///{tmp}/control.db",
+                                     extra=("--chat-lines", str(args.chat_lines)))
+                try:
+                    ctl = _run_loop(control(args, alone.ws))
+                finally:
+                    alone.stop()
+            if args.in_process:
+                result = _run_loop(in_process(args, url, db))
+            else:
+                extra = ("--chat-lines", str(args.chat_lines))
+                shards = [ShardProcess(s, cwd=Path(tmp), mqtt=url, db=db, extra=extra) for s in "ab"]
+                result = _run_loop(run(args, {s.name: s.ws for s in shards}))
         finally:
             for s in shards:
                 s.stop()
             if broker:
                 broker.close()
+    result["broker_hop_ms"] = {"p50": pct(hop, 50), "p99": pct(hop, 99), "max": max(hop), "n": len(hop)}
+    if ctl:
+        result["control_no_mqtt_ms"] = {"p50": pct(ctl, 50), "p99": pct(ctl, 99), "max": max(ctl), "n": len(ctl)}
     print(f"{'path':<16}{'n':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    for key in ("global_cross", "global_local", "private_cross"):
+    for key in ("broker_hop", "control_no_mqtt", "global_cross", "global_local", "private_cross"):
         r = result.get(f"{key}_ms")
         if r:
             print(f"{key:<16}{r['n']:>8}{r['p50']:>9.1f}{r['p99']:>9.1f}{r['max']:>9.1f}")
