@@ -21,6 +21,8 @@ class TokenError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
+    """What a verified token says: the player, its name, whether claimed, and its expiry."""
+
     pid: str
     name: str
     claimed: bool

@@ -29,6 +29,7 @@ class _Metric:
         self.name, self.help, self.label_names = name, help, labels
 
     def header(self) -> list[str]:
+        """The HELP and TYPE lines."""
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
 
@@ -50,6 +51,7 @@ class Counter(_Metric):
         return self.values.get(labels, 0.0)
 
     def render(self) -> list[str]:
+        """This metric's lines of Prometheus text."""
         lines = self.header()
         if not self.values and not self.label_names:
             lines.append(f"{self.name} 0")
@@ -68,6 +70,7 @@ class Gauge(_Metric):
         self.read = read
 
     def render(self) -> list[str]:
+        """This metric's lines of Prometheus text."""
         return self.header() + [f"{self.name} {_num(self.read())}"]
 
 
@@ -90,6 +93,7 @@ class Histogram(_Metric):
         self.count += 1
 
     def render(self) -> list[str]:
+        """This metric's lines of Prometheus text."""
         lines = self.header()
         running = 0
         for bound, n in zip(self.bounds + (math.inf,), self.counts):

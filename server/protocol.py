@@ -34,6 +34,8 @@ class ProtocolError(ClientError):
 
 
 class Hello(NamedTuple):
+    """`hello`: who the client says it is (name, password, or a token that decides alone)."""
+
     v: int
     name: str | None
     password: str | None
@@ -42,6 +44,8 @@ class Hello(NamedTuple):
 
 
 class Move(NamedTuple):
+    """`move`: the player's requested pose; `seq` grows with every move."""
+
     seq: int
     x: float
     y: float
@@ -51,11 +55,15 @@ class Move(NamedTuple):
 
 
 class Ping(NamedTuple):
+    """`ping`: `ct` is echoed back in `pong`."""
+
     ct: object
     id: MsgId = None
 
 
 class Chat(NamedTuple):
+    """`chat`: a line on a channel, or to a player or NPC when `to` is set."""
+
     text: str
     channel: str
     to: str | None
@@ -63,6 +71,8 @@ class Chat(NamedTuple):
 
 
 class Place(NamedTuple):
+    """`place`: a new persistent object at a pose."""
+
     shape: str
     x: float
     y: float
@@ -74,15 +84,21 @@ class Place(NamedTuple):
 
 
 class Remove(NamedTuple):
+    """`remove`: delete the object `target` (owner or admin only)."""
+
     target: str
     id: MsgId = None
 
 
 class Who(NamedTuple):
+    """`who`: list the players online."""
+
     id: MsgId = None
 
 
 class NpcCancel(NamedTuple):
+    """`npc_cancel`: stop the NPC answer `reply`."""
+
     reply: str
     id: MsgId = None
 
@@ -98,9 +114,11 @@ class _Fields:
         self.re = msg_id
 
     def fail(self, name: str, why: str):
+        """Raise `invalid` naming the field."""
         raise ProtocolError(INVALID, f"{name}: {why}", field=name, re=self.re)
 
     def number(self, name: str, default: float | None = None) -> float:
+        """A finite number (bools refused)."""
         value = self.obj.get(name, default)
         if value is None:
             self.fail(name, "required number")
@@ -109,6 +127,7 @@ class _Fields:
         return float(value)
 
     def integer(self, name: str) -> int:
+        """A non-negative integer below 2**53 (exact in every JSON reader)."""
         value = self.obj.get(name)
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(name, "must be an integer")
@@ -117,6 +136,7 @@ class _Fields:
         return value
 
     def text(self, name: str, *, required: bool, max_len: int, min_len: int = 0) -> str | None:
+        """A string of min_len..max_len characters, or None when absent and not required."""
         value = self.obj.get(name)
         if value is None:
             if required:

@@ -33,12 +33,14 @@ class FragmentCache:
         self.leave: dict[str, bytes] = {}
 
     def entered(self, entity) -> bytes:
+        """The `enter` fragment (full entity object) of `entity`, encoded once per tick."""
         frag = self.enter.get(entity.id)
         if frag is None:
             frag = self.enter[entity.id] = orjson.dumps(entity.to_wire())
         return frag
 
     def updated(self, entity) -> bytes:
+        """The `upd` fragment `[id,x,y,z,yaw]` of `entity`, encoded once per tick."""
         frag = self.upd.get(entity.id)
         if frag is None:
             p = entity.pose
@@ -46,6 +48,7 @@ class FragmentCache:
         return frag
 
     def left(self, eid: str) -> bytes:
+        """The `leave` fragment (the quoted id)."""
         frag = self.leave.get(eid)
         if frag is None:
             frag = self.leave[eid] = orjson.dumps(eid)
