@@ -3,7 +3,7 @@
 `Views` works on the world's int slots and reads positions from the world's own lists; the
 `World` tells it about every add, removal and pose change and asks it for a tick's diffs.
 
-How a tick stays cheap: each observer's view is a set of slots, with the reverse index (who
+How a tick stays cheap: each observer's view is a sorted array of slots, with the reverse index (who
 sees this slot) beside it. Pairs near the edge of an area of interest live in a `PairBand`
 checked in bulk with numpy; pairs deep inside or far outside cannot change until an endpoint
 drifts by part of the band's skin. Endpoints that drifted far, were added or removed, or
@@ -14,6 +14,8 @@ of entities that moved, so no observer scans what did not change.
 from __future__ import annotations
 
 import math
+from array import array
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +43,20 @@ class ViewDiff:
         return bool(self.enter or self.upd or self.leave)
 
 
+def _add(a: array, x: int) -> None:
+    """Insert `x` into the sorted array `a` unless present."""
+    i = bisect_left(a, x)
+    if i == len(a) or a[i] != x:
+        a.insert(i, x)
+
+
+def _discard(a: array, x: int) -> None:
+    """Remove `x` from the sorted array `a` if present."""
+    i = bisect_left(a, x)
+    if i < len(a) and a[i] == x:
+        del a[i]
+
+
 class Views:
     """Observers' views over the world's slots (see the module docstring for how)."""
 
@@ -62,11 +78,12 @@ class Views:
         self._r2 = aoi * aoi
         self._ents, self._xs, self._zs, self._grid = ents, xs, zs, grid
         self._rebuild_limit = rebuild_limit
-        # Views and their reverse index are dicts with None values, used as sets: a dict
-        # holding only ints is not tracked by Python's cyclic GC, a set always is, and a
-        # full collection walking a million set entries stalls the shard for tens of ms.
-        self._watchers: list[dict[int, None]] = []  # slot -> observer slots that see it
-        self._views: dict[int, dict[int, None]] = {}  # observer slot -> slots it sees
+        # Views and their reverse index are sorted int32 arrays: 4 bytes an entry where a set
+        # or dict takes ~60, and invisible to Python's cyclic GC (a full collection walking a
+        # million set entries stalls the shard for tens of ms). Changes per tick are few, so
+        # the O(n) insert of a sorted array costs less than the memory it saves.
+        self._watchers: list[array] = []          # slot -> observer slots that see it
+        self._views: dict[int, array] = {}        # observer slot -> slots it sees
         self._ogrid = Grid(grid.cell)             # observers only
         self._band = PairBand(aoi, skin)
         self._loose_d2 = (PairBand.LOOSE_FRACTION * skin) ** 2
@@ -80,15 +97,16 @@ class Views:
         self._shifted: set[int] = set()           # slots whose x or z changed this tick
         self._pending: dict[int, list[str]] = {}  # observer slot -> ids removed from its view
         self._fresh: list[tuple[int, Entity]] = []  # (observer, moved entity it just entered)
+        self._reset: set[int] = set()             # observers reset since the previous tick
 
     # --- what the world reports -----------------------------------------------------------
     def added(self, s: int) -> None:
         """Slot `s` now holds a new entity (at the world's xs[s], zs[s])."""
         while len(self._watchers) <= s:
-            self._watchers.append({})
+            self._watchers.append(array("i"))
             self._ax.append(0.0)
             self._az.append(0.0)
-        self._watchers[s] = {}
+        self._watchers[s] = array("i")
         self._loose.add(s)
 
     def removed(self, s: int, entity_id: str) -> None:
@@ -97,9 +115,9 @@ class Views:
             self.unwatch(s)
         views, pending = self._views, self._pending
         for o in self._watchers[s]:
-            views[o].pop(s, None)
+            _discard(views[o], s)
             pending.setdefault(o, []).append(entity_id)
-        self._watchers[s] = {}
+        self._watchers[s] = array("i")
         self._moved.pop(s, None)
         self._shifted.discard(s)
         # The band may still name this slot: it stays loose until the next rebuild, and the
@@ -130,7 +148,7 @@ class Views:
         """Give slot `o` an empty view; the next tick enters everything it sees."""
         if o in self._views:
             return
-        self._views[o] = {}
+        self._views[o] = array("i")
         self._ogrid.insert(o, self._xs[o], self._zs[o])
         self._loose.add(o)
 
@@ -141,26 +159,27 @@ class Views:
             return
         watchers = self._watchers
         for s in view:
-            watchers[s].pop(o, None)
+            _discard(watchers[s], o)
         self._pending.pop(o, None)
         self._ogrid.remove(o)
         self._loose.add(o)
 
-    def view_of(self, o: int) -> dict[int, None] | None:
-        """Slots in `o`'s view as of the last tick or reset (the live set: do not modify), or None."""
+    def view_of(self, o: int) -> array | None:
+        """Slots in `o`'s view as of the last tick or reset (sorted, live: do not modify), or None."""
         return self._views.get(o)
 
-    def reset(self, o: int) -> dict[int, None]:
+    def reset(self, o: int) -> array:
         """Make `o`'s view exactly what it sees now (watching it if needed) and return it."""
         self.watch(o)
         new = self._exact_view(o)
-        old = self._views[o].keys()
+        old = set(self._views[o])
         watchers = self._watchers
         for s in old - new:
-            watchers[s].pop(o, None)
+            _discard(watchers[s], o)
         for s in new - old:
-            watchers[s][o] = None
-        view = self._views[o] = dict.fromkeys(new)
+            _add(watchers[s], o)
+        view = self._views[o] = array("i", sorted(new))
+        self._reset.add(o)
         self._pending.pop(o, None)
         self._loose.add(o)  # its band pairs are stale now; exact queries until the next rebuild
         return view
@@ -216,6 +235,7 @@ class Views:
         self._pending = {}
         self._moved = {}
         self._shifted = set()
+        self._reset = set()
         rebuilt = len(self._loose) > limit or len(self._drifting) > drift_limit
         if rebuilt:
             self._rebuild(xy)
@@ -227,15 +247,15 @@ class Views:
         if d is None:
             d = out[o] = ViewDiff([], [], [])
         if now:
-            self._views[o][s] = None
-            self._watchers[s][o] = None
+            _add(self._views[o], s)
+            _add(self._watchers[s], o)
             ent = self._ents[s]
             d.enter.append(ent)
             if s in self._moved:
                 self._fresh.append((o, ent))
         else:
-            self._views[o].pop(s, None)
-            self._watchers[s].pop(o, None)
+            _discard(self._views[o], s)
+            _discard(self._watchers[s], o)
             d.leave.append(self._ents[s].id)
 
     def _flip_band(self, out: dict[int, ViewDiff]) -> tuple[np.ndarray, np.ndarray]:
@@ -272,23 +292,22 @@ class Views:
         # Loose observer, any entity.
         moved = self._moved
         for o, new in zip(watching, self._exact_views(watching, xy)):
-            view = views[o]
-            entered = new - view.keys()
-            left = view.keys() - new
+            old = set(views[o])
+            entered = new - old
+            left = old - new
             if not (entered or left):
                 continue
             d = out.get(o)
             if d is None:
                 d = out[o] = ViewDiff([], [], [])
             # In bulk: a new observer enters its whole view at once.
-            view.update(dict.fromkeys(entered))
+            views[o] = array("i", sorted(new))
             for s in entered:
-                watchers[s][o] = None
+                _add(watchers[s], o)
             d.enter.extend(map(ents.__getitem__, entered))
             self._fresh.extend((o, ents[s]) for s in entered if s in moved)
             for s in left:
-                del view[s]
-                watchers[s].pop(o, None)
+                _discard(watchers[s], o)
             d.leave.extend(ents[s].id for s in left)
 
     def _exact_views(self, observers: list[int], xy) -> Iterator[set[int]]:
@@ -313,11 +332,17 @@ class Views:
         ents, watchers, moved = self._ents, self._watchers, self._moved
         # The hot loop of a busy tick: one dict lookup and one append per (mover, watcher).
         upd: defaultdict[int, list[Entity]] = defaultdict(list)
+        reset = self._reset
         for s, b in moved.items():
             ent = ents[s]
             p = ent.pose
             if p.x == b.x and p.z == b.z and p.y == b.y and p.yaw == b.yaw:
-                continue  # moved and came back within the tick: nothing to tell
+                # Moved and came back within the tick: nothing to tell, except to observers
+                # reset meanwhile, who may have been given the pose in between.
+                for o in watchers[s]:
+                    if o in reset:
+                        upd[o].append(ent)
+                continue
             for o in watchers[s]:
                 upd[o].append(ent)
         for o, items in upd.items():

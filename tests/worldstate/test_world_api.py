@@ -237,3 +237,17 @@ def test_near_equals_brute_force(spots, x, z, radius, kind):
     assert {e.id for e in got} == want and len(got) == len(want)
     d = [(e.pose.x - x) ** 2 + (e.pose.z - z) ** 2 for e in got]
     assert d == sorted(d)
+
+
+def test_reset_between_a_move_and_its_undo_still_updates():
+    """An observer reset mid-tick gets the final pose even if the entity ends where the tick began."""
+    w = make_world()
+    w.add(player("a"))
+    w.add(player("b", 2, 0))
+    w.watch("p:a")
+    w.tick()
+    w.teleport("p:b", Pose(2, 0, 0, 1.0))
+    assert {e.id: e.pose.yaw for e in w.reset_view("p:a")}["p:b"] == 1.0  # the client saw yaw 1
+    w.teleport("p:b", Pose(2, 0, 0, 0.0))
+    d = w.tick()["p:a"]
+    assert [(e.id, e.pose.yaw) for e in d.upd] == [("p:b", 0.0)]
