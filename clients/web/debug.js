@@ -45,6 +45,8 @@ export function publishDebugHook(game) {
     /** Ids of entities with a mesh in the 3D scene (what is actually drawn). */
     drawn: () => [...view.meshes.keys()],
     rttMs: () => game.rttMs,
+    /** performance.now() marks of joining: join (clicked), view (WebGL ready), welcome, firstState, firstFrame. */
+    timings: () => ({ ...game.timings }),
     frames: () => game.frames,
     vrButtonShown: () => !game.vr.button.hidden,
   };

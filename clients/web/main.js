@@ -51,6 +51,7 @@ function showBanner(text, kind = "info") {
 
 /** Join the world as `name`; builds the game once and returns its parts. */
 function join(name, password) {
+  const timings = { join: performance.now() };   // ms marks of the join, for the debug hook
   const params = new URLSearchParams(window.location.search);
   const conn = new Connection({
     url: params.get("ws") || defaultWsUrl(),
@@ -62,6 +63,7 @@ function join(name, password) {
   // On a phone the world needs the screen more than the build panel does.
   if (window.matchMedia("(max-width: 700px)").matches) $("#build").open = false;
   const view = new WorldView($("#view"), model, QUALITY[params.get("quality")] || QUALITY.high);
+  timings.view = performance.now();
   const controls = new Controls(view.canvas, $("#joystick"));
   const players = new PlayersPanel({ conn, root: $("#players") });
   const chat = new ChatPanel({
@@ -73,9 +75,10 @@ function join(name, password) {
   const minimap = new MiniMap($("#minimap"), model);
   const vr = new VRMode({ view, controls, chat, button: $("#vr-button") });
   const game = { conn, model, view, controls, chat, build, players, minimap, vr,
-                 status: "connecting", statusText: "", statusLog: [], rttMs: null, frames: 0, joinedOnce: false };
+                 timings, status: "connecting", statusText: "", statusLog: [], rttMs: null, frames: 0, joinedOnce: false };
 
   conn.on("welcome", (m) => {
+    timings.welcome ??= performance.now();
     model.welcome(m);
     saveToken(m.name, m.token);
     if (m.bounds) view.setBounds(m.bounds);
@@ -84,6 +87,7 @@ function join(name, password) {
     game.selfSynced = false;
   });
   conn.on("state", (m) => {
+    timings.firstState ??= performance.now();
     model.applyState(m, performance.now());
     if (!game.selfSynced && model.entities.has(model.you)) {
       // Face the way the shard says we face (a resumed session keeps its heading).
@@ -119,6 +123,7 @@ function join(name, password) {
       lastMap = now;
     }
     game.frames += 1;
+    timings.firstFrame ??= performance.now();
   });
 
   // Enter puts the cursor in the chat box (and gives the mouse back); Escape gives the keys

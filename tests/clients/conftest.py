@@ -147,17 +147,6 @@ def web_shard(tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture
-def own_shard(tmp_path):
-    """A real shard of this test's own, for tests that stop or restart it."""
-    if not _web_client_installed():
-        pytest.fail("three.js is not installed: run `npm install` in clients/web (scripts/setup.sh does)")
-    s = ShardThread(_shard_settings(tmp_path))
-    s.start()
-    yield s
-    s.stop()
-
-
 @pytest.fixture(scope="session")
 def chromium():
     """Headless Debian Chromium under Playwright, shared by every browser test of the run."""
