@@ -1,6 +1,7 @@
 """Latency samples with their times: percentiles for the report, per-second series for plots."""
 from __future__ import annotations
 
+import math
 from array import array
 
 
@@ -9,8 +10,8 @@ def percentile(sorted_values, q: float) -> float:
     n = len(sorted_values)
     if n == 0:
         return float("nan")
-    rank = max(0, min(n - 1, int(round(q / 100.0 * n + 0.5)) - 1))
-    return sorted_values[rank]
+    rank = math.ceil(q / 100.0 * n - 1e-9)  # the smallest rank covering q% of the samples
+    return sorted_values[max(1, min(n, rank)) - 1]
 
 
 def summary_ms(values) -> dict:

@@ -207,3 +207,36 @@ def test_settings_reject_bad_values():
         BotSettings(url="ws://127.0.0.1:1/ws", area=(10, 0, 0, 10))
     with pytest.raises(ValueError, match="name_prefix"):
         BotSettings(url="ws://127.0.0.1:1/ws", name_prefix="much-too-long-prefix")
+
+
+def test_percentiles_are_nearest_rank_and_summaries_in_ms():
+    """Percentiles pick the nearest-rank sample; summaries report milliseconds; empty input gives None."""
+    from clients.bots.stats import Recorder, percentile, summary_ms
+
+    values = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    assert percentile(values, 50) == 0.050 and percentile(values, 99) == 0.099 and percentile(values, 100) == 0.1
+    s = summary_ms(values)
+    assert (s["n"], s["p50"], s["p99"], s["max"]) == (100, 50.0, 99.0, 100.0)
+    assert summary_ms([])["p99"] is None
+    rec = Recorder()
+    for t, v in ((0.2, 0.01), (0.7, 0.03), (1.5, 0.02)):
+        rec.add(v, t)
+    assert rec.since(0.5, 2.0) == [0.03, 0.02]
+    assert [(b[0], b[3]) for b in rec.series(0.0)] == [(0.0, 2), (1.0, 1)]
+
+
+def test_ack_only_bot_reads_its_ack_and_learns_a_clamped_pose_without_decoding_the_state():
+    """A bot on the fast path times its acks and, when the shard clamped its move, maps the clamped pose to that move."""
+    swarm = placed_swarm([(10.0, 10.0)])
+    bot = swarm.bots[0]
+    bot.observer = bot.full_parse = False
+    bot.upd_tag = b'["p:0",'
+    bot.seq = 3
+    bot.unacked.extend([(2, 1.0), (3, 1.1)])
+    bot._remember((1000, 1000), 3, 1.1)
+    state = b'{"t":"state","tick":9,"st":1,"ack":3,"upd":[["p:7",1.0,0.0,2.0,0.0],["p:0",9.5,0.0,9.75,0.1]]}'
+    bot.on_text(state, now=1.15)
+    assert sorted(round(v, 3) for v in swarm.ack.values) == [0.05, 0.15]
+    assert not bot.unacked
+    assert bot.history[(950, 975)] == (3, 1.1)  # the clamped pose now stands for move 3
+    assert swarm.events["clamped_moves"] == 1
