@@ -211,13 +211,22 @@ async def run_engine(model, tok, args) -> dict:
     out = {}
     async with Engine(model, tok, settings) as engine:
         out["single"] = await engine_single(engine)
+    note("engine single", out["single"])
     async with Engine(model, tok, settings) as engine:
         await timed_stream(engine, conversation(0, "Warm-up. "), SamplingParams(temperature=0.0, max_tokens=2))
         out["concurrent"] = await engine_concurrent(engine, args.n, args.spread)
         out["engine_metrics"] = engine.metrics.snapshot()
+    note("engine concurrent", out["concurrent"])
     async with Engine(model, tok, settings) as engine:
         out["ttft"] = await engine_ttft(engine, args.background, args.probes)
+    note("engine ttft", out["ttft"])
     return out
+
+
+def note(phase: str, figures: dict) -> None:
+    """Progress on stderr as each phase ends (a long run killed midway still leaves figures)."""
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    print(f"[bench] {phase}: {json.dumps(shown)}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baselines:
         ref = load_reference(path, dtype)
         seq = hf_sequential(ref, prompts[:seq_requests], tok.eos_ids)
+        note("transformers sequential", seq)
         static = hf_static(ref, prompts[:static_batch], tok.eos_ids, pad=min(tok.eos_ids))
+        note("transformers static batch", static)
         report.update(baseline_seq_tok_s=seq["tok_s"], baseline_static_tok_s=static["tok_s"])
         rows += [(f"transformers generate, one at a time ({seq['requests']})", f"{seq['tok_s']:.1f} tok/s"),
                  (f"transformers generate, static batch of {static['batch']}", f"{static['tok_s']:.1f} tok/s"),
