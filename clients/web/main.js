@@ -110,7 +110,8 @@ function join(name, password) {
 
   let last = performance.now(), lastMap = 0;
   view.start((now) => {
-    const dt = Math.min(0.1, (now - last) / 1000);   // a stalled tab must not teleport us
+    // Slow devices draw few frames; a stalled tab (hidden, paused) must not teleport us.
+    const dt = Math.min(0.25, (now - last) / 1000);
     last = now;
     const headYaw = vr.update();
     const input = controls.update(dt);

@@ -135,7 +135,10 @@ export class WorldView {
     for (const [id, group] of this.meshes) {
       if (group.userData.kind === "object" && id !== this.model.you) {
         const e = this.model.entities.get(id);
-        if (e) group.position.set(e.pose.x, e.pose.y, e.pose.z);
+        if (e) {
+          group.position.set(e.pose.x, e.pose.y, e.pose.z);
+          group.rotation.y = e.pose.yaw;
+        }
         continue;
       }
       const p = this.model.displayPose(id, now);
