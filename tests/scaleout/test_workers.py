@@ -286,3 +286,20 @@ async def test_killed_worker_ends_its_answer_with_error_and_the_other_serves(rem
     assert time.monotonic() - sent < 1.0
     assert nxt.worker != victim
     assert (await asyncio.wait_for(nxt.result(), 10)).finish_reason == "length"
+
+
+async def test_workers_and_shard_resume_after_a_broker_restart(broker, pool) -> None:
+    """After the broker restarts (losing its retained reports), the worker reconnects and reports
+    again, the shard sees it, and answers flow as before."""
+    names = pool.ensure(1)
+    engine = RemoteEngine(RemoteSettings(broker.url, shard="restart"), tokenizer=tiny_tokenizer())
+    engine.start()
+    try:
+        await engine.wait_for_reports(lambda w: set(names) <= set(w), timeout=40)
+        broker.restart()
+        await engine.wait_for_reports(lambda w: not w, timeout=10)  # the shard saw the link fall
+        await engine.wait_for_reports(lambda w: set(names) <= set(w), timeout=20)
+        pieces, result = await asyncio.wait_for(collect(engine.submit(CHAT, GREEDY)), 10)
+        assert pieces and result.finish_reason == "length" and result.text == "".join(pieces)
+    finally:
+        await engine.aclose()
