@@ -187,8 +187,8 @@ def parse(frame: str | bytes, *, max_chat: int = 500, name_pattern: str = r"[A-Z
         raise
 
 
-def _num(v) -> bool:
-    return (type(v) is float or type(v) is int) and math.isfinite(v)
+_NUMBER_TYPES = (float, int)  # exact types: bool is an int subclass and is refused
+_isfinite = math.isfinite
 
 
 def _fast_move(obj: dict, msg_id: MsgId) -> Move | None:
@@ -196,7 +196,10 @@ def _fast_move(obj: dict, msg_id: MsgId) -> Move | None:
     (which names the offending field)."""
     get = obj.get
     seq, x, y, z, yaw = get("seq"), get("x"), get("y"), get("z"), get("yaw", 0.0)
-    if type(seq) is int and 0 <= seq < 2**53 and _num(x) and _num(y) and _num(z) and _num(yaw):
+    num = _NUMBER_TYPES
+    if (type(seq) is int and 0 <= seq < 2**53
+            and type(x) in num and type(y) in num and type(z) in num and type(yaw) in num
+            and _isfinite(x) and _isfinite(y) and _isfinite(z) and _isfinite(yaw)):
         return Move(seq, float(x), float(y), float(z), float(yaw), msg_id)
     return None
 
