@@ -89,6 +89,16 @@ class Topics:
         """The topic that reaches player `pid` on `shard`."""
         return f"{self.prefix}/private/{shard}/{pid}"
 
+    def kind(self, topic: str) -> str:
+        """What a topic carries: global, private, objects, presence, beat (for metrics)."""
+        if topic == self.chat_global:
+            return "global"
+        if topic == self.objects:
+            return "objects"
+        rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
+        head = rest.split("/", 1)[0]
+        return head if head in ("private", "presence", "beat") else "other"
+
     def tail(self, topic: str, head: str) -> str | None:
         """The last level of `topic` if it is `head/<one level>`, else None."""
         start = head[:-1]  # drop the trailing '+'

@@ -28,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from server import cluster, objects
 from server.chat import Relay
 from server.errors import UNAVAILABLE, ClientError
+from server.metrics import Counter, Gauge
 from server.sessions import now_ms
 
 log = logging.getLogger("worldsmith.mqtt")
@@ -79,6 +80,20 @@ class MqttRelay(Relay):
             _client_log.setLevel(logging.CRITICAL)
         self._backoff = BACKOFF_MIN_S
         self._last_beat = 0.0
+        self._register_metrics(shard.metrics.registry)
+
+    def _register_metrics(self, registry) -> None:
+        """The link's figures on the shard's /metrics."""
+        registry.add(Gauge("worldsmith_mqtt_connected", "1 while the MQTT world link is up.",
+                           lambda: int(self.available)))
+        registry.add(Gauge("worldsmith_mqtt_remote_players", "Players on the other shards.",
+                           lambda: len(self.remote.players())))
+        self.m_reconnects = registry.add(Counter("worldsmith_mqtt_reconnects_total",
+                                                 "Times the MQTT world link came back after a loss."))
+        self.m_sent = registry.add(Counter("worldsmith_mqtt_published_total",
+                                           "Messages published to the world, by kind.", ("kind",)))
+        self.m_received = registry.add(Counter("worldsmith_mqtt_received_total",
+                                               "Messages received from the world, by kind.", ("kind",)))
 
     # -- the Relay seam -----------------------------------------------------------
     @property
@@ -223,6 +238,7 @@ class MqttRelay(Relay):
         self._backoff = BACKOFF_MIN_S
         if self._was_up is not None:
             self.reconnects += 1
+            self.m_reconnects.inc()
         if self._was_up is not True:
             log.info("shard %s joined world %r through MQTT broker %s:%d",
                      self.shard.settings.shard, self.topics.prefix, self.address.host, self.address.port)
@@ -247,6 +263,7 @@ class MqttRelay(Relay):
     async def _write(self, client: aiomqtt.Client, tasks: asyncio.TaskGroup) -> None:
         while True:
             topic, payload, qos, retain = await self._outbox.get()
+            self.m_sent.inc(self.topics.kind(topic))
             if qos == 0:
                 await client.publish(topic, payload, qos=0, retain=retain)
             else:
@@ -265,6 +282,7 @@ class MqttRelay(Relay):
                 await client.publish(self.topics.my_presence,
                                      cluster.presence_payload(self.shard.settings.shard, players, now_ms()),
                                      qos=1, retain=True)
+                self.m_sent.inc("presence")
                 sent = now
             await asyncio.sleep(PRESENCE_EVERY_S)  # a polling period, not synchronisation
 
@@ -294,6 +312,7 @@ class MqttRelay(Relay):
     def _on_message(self, topic: str, payload) -> None:
         payload = bytes(payload or b"")
         t = self.topics
+        self.m_received.inc(t.kind(topic))
         if topic == t.chat_global:
             self.shard.send_to(list(self.shard.sessions.online), payload, "chat")
         elif topic == t.my_beat:

@@ -70,3 +70,11 @@ def test_remote_roster_follows_presence_and_last_will():
     assert r.find("Ann") is None and [p["name"] for p in r.players()] == ["cy"]
     r.clear()
     assert r.players() == []
+
+
+def test_topic_kinds_for_metrics():
+    """Every topic maps to the kind its metrics are counted under."""
+    t = cluster.Topics("w", "east")
+    assert [t.kind(x) for x in (t.chat_global, t.objects, t.private("west", "p:1"),
+                                t.my_presence, t.my_beat, "w/elsewhere", "other/chat/global")] == \
+        ["global", "objects", "private", "presence", "beat", "other", "other"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 
 import pytest
 
@@ -15,6 +16,13 @@ from tests.scaleout.test_cross_shard import ask, names, who_until
 from tests.server.wire import close_all, join, unique_name, write_world
 
 WAIT_S = 10.0
+
+
+def _get(url: str) -> str:
+    """GET over loopback without proxies (the body as text)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=WAIT_S) as resp:
+        return resp.read().decode()
 
 
 def settings(tmp_path, name: str, mqtt: str, **extra) -> Settings:
@@ -59,6 +67,10 @@ async def test_password_protected_broker(tmp_path):
         async with run_shard(settings(tmp_path, "a", broker.url, mqtt_user="shard",
                                       mqtt_password="s3cret-pw")) as a:
             assert a.relay.available
+            # The link's figures are on /metrics.
+            text = await asyncio.to_thread(_get, a.http_url + "metrics")
+            assert "worldsmith_mqtt_connected 1" in text
+            assert "# TYPE worldsmith_mqtt_published_total counter" in text
     finally:
         broker.close()
 
