@@ -55,6 +55,8 @@ export class ChatPanel {
       }
     }
     this.input.value = "";
+    // Said and done: the keys go back to walking (Enter opens the box again).
+    this.input.blur();
   }
 
   _send(msg, intent) {

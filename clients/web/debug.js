@@ -42,6 +42,7 @@ export function publishDebugHook(game) {
     chatLines: () => chat.lines.map((l) => ({ ...l })),
     /** The most recent `who` reply. */
     who: () => (players.last ? JSON.parse(JSON.stringify(players.last)) : null),
+    whoReplies: () => players.replies,
     /** Ids of entities with a mesh in the 3D scene (what is actually drawn). */
     drawn: () => [...view.meshes.keys()],
     rttMs: () => game.rttMs,

@@ -69,7 +69,8 @@ function join(name, password) {
   const chat = new ChatPanel({
     conn, model,
     log: $("#chat-log"), form: $("#chat-form"), input: $("#chat-input"), channel: $("#chat-channel"),
-    onWho: () => { $("#players").open = true; players.request(); },
+    // Opening the panel asks `who` by itself; an open one is refreshed.
+    onWho: () => { if ($("#players").open) players.request(); else $("#players").open = true; },
   });
   const build = new BuildPanel({ conn, model, chat, root: $("#build") });
   const minimap = new MiniMap($("#minimap"), model);

@@ -98,7 +98,10 @@ export class PlayersPanel {
     this.list = root.querySelector("#players-list");
     this.total = root.querySelector("#players-total");
     this.last = null;            // the latest who reply, for the debug hook
+    this.replies = 0;            // how many who replies arrived
     root.querySelector("#players-refresh").addEventListener("click", () => this.request());
+    // Opening the panel asks afresh: a list from minutes ago would mislead.
+    root.addEventListener("toggle", () => { if (root.open) this.request(); });
     conn.on("who", (m) => this.show(m));
   }
 
@@ -109,6 +112,7 @@ export class PlayersPanel {
 
   show(m) {
     this.last = m;
+    this.replies += 1;
     this.list.replaceChildren();
     const players = [...(m.players || [])].sort((a, b) => a.name.localeCompare(b.name));
     for (const p of players) {

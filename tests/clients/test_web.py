@@ -144,12 +144,15 @@ def test_bad_colour_and_far_npc_are_explained_in_plain_words(pair):
 
 
 def test_players_list_shows_everyone_online(pair):
-    """The Players panel asks `who` and lists both players, marking your own name."""
+    """Opening the Players panel asks `who` and lists both players, marking your own name;
+    /who in the chat box asks again."""
     alice, bob = pair
     bob.page.click("#players summary")
-    bob.page.click("#players-refresh")
     bob.page.wait_for_function("(n) => { const w = window.worldsmith.who;"
                                " return w && w.players.some(p => p.name === n); }", arg=alice.name)
+    replies = bob.page.evaluate("window.worldsmith.whoReplies")
+    say(bob.page, "/who")
+    bob.page.wait_for_function("(n) => window.worldsmith.whoReplies > n", arg=replies)
     text = bob.page.inner_text("#players-list")
     assert alice.name in text and bob.name in text
     assert bob.page.inner_text("#players-list li.me").startswith(bob.name)
