@@ -141,8 +141,25 @@ async def test_kill_9_of_a_shard_clears_its_players_from_who(world):
         await who_until(watcher, lambda m: carol_name not in names(m) and "c" not in names(m).values())
         await close_all(carol)
     finally:
-        c.kill() if c.proc.poll() is None else None
+        if c.proc.poll() is None:
+            c.kill()
         await close_all(watcher)
+
+
+async def test_an_account_works_on_every_shard(world):
+    """A name claimed on shard a logs in on shard b with its password, and a token from a resumes the same player on b."""
+    name = unique_name("acct")
+    first = await join(world["a"].ws, name, password="pw-abcdef")
+    you, token = first.you, first.welcome["token"]
+    await first.close()
+    by_password = await join(world["b"].ws, name, password="pw-abcdef")
+    assert (by_password.you, by_password.welcome["shard"]) == (you, "b")
+    await by_password.close()
+    by_token = await join(world["b"].ws, token=token)
+    try:
+        assert (by_token.you, by_token.welcome["name"]) == (you, name)
+    finally:
+        await close_all(by_token)
 
 
 async def test_broker_outage_answers_unavailable_and_recovers_without_dropping_players(world):
