@@ -87,7 +87,8 @@ def load_engine(settings: NpcSettings):
     if settings.model == "tiny":
         from npc.engine.tiny import tiny_model, tiny_tokenizer
 
-        return Engine(tiny_model(), tiny_tokenizer(), es)
+        # Its tokens are bytes: room for a village-sized prompt if --npc-context-tokens allows.
+        return Engine(tiny_model(max_position=8192), tiny_tokenizer(), es)
     return Engine.from_path(settings.model, es)
 
 
@@ -218,7 +219,8 @@ class NpcService(NpcHook):
             try:
                 ans.stream = self._submit(ans.npc, line, memory)
             except Exception as exc:  # Busy, or a prompt that can never fit
-                log.info("NPC %s answers busy to %s: %s", ans.npc.id, line.speaker, exc)
+                log.log(logging.WARNING if "exceeds" in str(exc) else logging.INFO,
+                        "NPC %s answers busy to %s: %s", ans.npc.id, line.speaker, exc)
                 reason = "busy"
                 return
             if ans.cancelled:
@@ -243,12 +245,18 @@ class NpcService(NpcHook):
         s = self.settings
         mind = self.minds[persona.id]
         prompt = mind.prompt(self._situation(persona, line), memory.recollection(), heard(line.text),
-                             context_tokens=s.context_tokens, facts_per_answer=s.facts_per_answer,
+                             context_tokens=self._context_tokens(), facts_per_answer=s.facts_per_answer,
                              count=lambda msgs: len(tok.render_chat(msgs)))
         params = SamplingParams(
             temperature=s.temperature, repetition_penalty=s.repetition_penalty,
             max_tokens=persona.reply_tokens, stop=mind.stop_strings(line.speaker_name))
         return self.engine.submit(prompt.messages, params, timeout=s.answer_timeout_s)
+
+    def _context_tokens(self) -> int:
+        """The prompt budget: the setting, capped by what the engine can hold."""
+        core = getattr(self.engine, "core", None)
+        engine_max = getattr(getattr(core, "config", None), "max_model_len", None)
+        return min(self.settings.context_tokens, engine_max or self.settings.context_tokens)
 
     def _situation(self, persona: Persona, line: NpcLine) -> Situation:
         world, cfg = self.shard.world, self.shard.config

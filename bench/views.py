@@ -3,8 +3,8 @@
 1,000 moving observers among 10,000 entities (players, NPCs, objects) on 1 km^2 with a 100 m
 area of interest. Prints a table and a final JSON line. Run:
 
-    .venv/bin/python bench/worldstate.py            # full size
-    .venv/bin/python bench/worldstate.py --quick    # small smoke run
+    .venv/bin/python bench/views.py            # full size
+    .venv/bin/python bench/views.py --quick    # small smoke run
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ import statistics
 import sys
 import time
 
-# This file is named like the package it measures: drop its own folder from the import path.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+# bench/ holds no packages: put the repository first so imports find the project's.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # One core: keep numpy's helper libraries from spreading over more.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
