@@ -82,7 +82,8 @@ def _to_npc(shard, session: Session, msg: Chat) -> None:
     if npc is None or npc.kind != "npc":
         raise ClientError(NOT_FOUND, f"no NPC {msg.to!r}", field="to", re=msg.id)
     me = shard.world.get(session.pid).pose
-    if math.hypot(npc.pose.x - me.x, npc.pose.z - me.z) > shard.config.talk_range:
+    reach = shard.npcs.talk_range(npc.id) or shard.config.talk_range
+    if math.hypot(npc.pose.x - me.x, npc.pose.z - me.z) > reach:
         raise ClientError(TOO_FAR, f"{npc.name} is too far away to talk to", field="to", re=msg.id)
     if shard.npcs.in_flight(session.pid):
         raise RateLimited("your previous NPC answer is still coming", re=msg.id)

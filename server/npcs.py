@@ -38,6 +38,10 @@ class NpcHook:
         """True while this player's previous NPC answer is still streaming."""
         return False
 
+    def talk_range(self, npc_id: str) -> float | None:
+        """This NPC's own talking range in metres; None: the world's `talk_range`."""
+        return None
+
     def hear(self, line: NpcLine) -> None:
         """A line reached an NPC; answer it asynchronously. Must not block."""
 

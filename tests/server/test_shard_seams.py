@@ -83,3 +83,25 @@ async def test_unexpected_error_closes_only_that_connection_1011_with_traceback(
         assert (await other.recv_type("pong"))["ct"] == "ok"
         assert list(shard.sessions.online) == [other.you]
         await close_all(other)
+
+
+async def test_an_npc_hook_may_set_a_talk_range_per_npc(tmp_path):
+    """When the hook gives an NPC its own talking range, lines from beyond it are too_far and reach no one."""
+
+    class ShortRange(EchoNpcs):
+        def talk_range(self, npc_id: str) -> float | None:
+            return 2.0 if npc_id == "n:guard" else None
+
+    hook = ShortRange()
+    settings = shard_settings(tmp_path, world=write_world(tmp_path / "w.toml"))  # world talk_range 4
+    async with run_shard(settings, npcs=hook) as shard:
+        p = await join(shard.ws_url)
+        await walk_to(p, 7.0, 0.0)  # 3 m from the guard
+        await p.send({"t": "chat", "text": "hello?", "to": "n:guard", "id": 1})
+        err = await p.error()
+        assert (err["code"], err["re"]) == ("too_far", 1) and hook.lines == []
+        await walk_to(p, 8.5, 0.0)  # 1.5 m
+        await p.send({"t": "chat", "text": "hello!", "to": "n:guard", "id": 2})
+        await p.recv_type("npc_end")
+        assert [line.text for line in hook.lines] == ["hello!"]
+        await close_all(p)
