@@ -23,6 +23,8 @@ the same prefix the shards' own MQTT relay uses)::
                             `done`. Batched per shard: an answer's later pieces wait up to
                             coalesce_ms (default 5) to share one broker message.
     P/npc/cancel/WORKER     QoS 1. shard -> one worker: {"t":"cancel","id"}.
+    P/npc/gone/SHARD.N      QoS 1, empty. The RemoteEngine's last will: every worker cancels
+                            the answers it was generating for that reply topic.
     P/npc/workers/WORKER    retained, QoS 1. The worker's load report
                             {"worker","running","waiting","in_flight","capacity","tokens_per_s",
                             "completion_tokens","model","state","sent_ms"}, every

@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence as Seq
 
+import aiomqtt
 import orjson
 
 from npc.engine.engine import Result, Timings
@@ -141,7 +142,8 @@ class RemoteEngine:
         self.topics = NpcTopics(settings.world_prefix)
         # One reply topic per engine instance: a restarted shard (or two with one name)
         # never reads, or cancels, another instance's answers.
-        self.reply_topic = self.topics.reply(f"{self.shard}.{self._nonce}")
+        self.instance = f"{self.shard}.{self._nonce}"
+        self.reply_topic = self.topics.reply(self.instance)
         self._id_prefix = f"{self.shard}.{self._nonce}."
         self.workers: dict[str, WorkerLoad] = {}
         self.metrics = RemoteMetrics(self)
@@ -155,6 +157,8 @@ class RemoteEngine:
         self.link = Link(settings.url, identifier=f"npc-shard-{self.shard}-{self._nonce}",
                          subscriptions=[(self.reply_topic, 1), (self.topics.workers_all, 1)],
                          on_message=self._on_message, username=settings.username,
+                         # A shard that dies tells the workers to drop its answers.
+                         will=aiomqtt.Will(self.topics.gone(self.instance), b"", qos=1),
                          password=settings.password, name=f"npc client {self.shard}")
         self.link.on_down = self._link_down
 

@@ -35,6 +35,7 @@ class NpcTopics:
         self.requests = f"{prefix}/npc/requests"
         self.shared_requests = f"$share/{SHARE_GROUP}/{self.requests}"
         self.workers_all = f"{prefix}/npc/workers/+"
+        self.gone_all = f"{prefix}/npc/gone/+"
         self._reply = f"{prefix}/npc/reply/"
 
     def reply(self, shard: str) -> str:
@@ -45,6 +46,16 @@ class NpcTopics:
         """True if `topic` is some shard's reply topic (what a request may name)."""
         tail = topic[len(self._reply):] if topic.startswith(self._reply) else ""
         return bool(_NAME.match(tail))
+
+    def gone(self, instance: str) -> str:
+        """The last-will topic of one RemoteEngine instance (`SHARD.N` of its reply topic)."""
+        return f"{self.prefix}/npc/gone/{instance}"
+
+    def instance_of(self, topic: str) -> str | None:
+        """The instance named by a `gone` topic, else None."""
+        head = self.gone_all[:-1]
+        tail = topic[len(head):] if topic.startswith(head) else ""
+        return tail if _NAME.match(tail) else None
 
     def cancel(self, worker: str) -> str:
         """Where a shard sends cancels for answers that `worker` is generating."""

@@ -55,7 +55,8 @@ class MqttWorker:
         load_topic = self.topics.load(self.worker_id)
         self.link = Link(
             settings.url, identifier=f"npc-worker-{self.worker_id}",
-            subscriptions=[(self.topics.shared_requests, 1), (self.topics.cancel(self.worker_id), 1)],
+            subscriptions=[(self.topics.shared_requests, 1), (self.topics.cancel(self.worker_id), 1),
+                           (self.topics.gone_all, 1)],
             on_message=self._on_message, on_connect=self._on_connect,
             will=aiomqtt.Will(load_topic, b"", qos=1, retain=True),
             username=settings.username, password=settings.password, name=f"npc worker {self.worker_id}")
@@ -69,6 +70,8 @@ class MqttWorker:
             await self._on_request(payload)
         elif topic == self.topics.cancel(self.worker_id):
             await self._on_cancel(payload)
+        elif (instance := self.topics.instance_of(topic)) is not None:
+            await self._on_shard_gone(self.topics.reply(instance))
 
     async def _on_request(self, payload: bytes) -> None:
         try:
@@ -104,6 +107,14 @@ class MqttWorker:
             await self.worker.queue.cancel(rid)
         elif rid not in self._seen:
             self._cancelled_early.add(rid)  # it may still arrive: answer it `cancelled` then
+
+    async def _on_shard_gone(self, reply: str) -> None:
+        """A shard died (its last will): nobody reads its answers any more, free their slots."""
+        dropped = [rid for rid, topic in self._routes.items() if topic == reply]
+        for rid in dropped:
+            await self.worker.queue.cancel(rid)
+        if dropped:
+            log.info("cancelled %d answers for %s, which is gone", len(dropped), reply)
 
     # -- outbound -----------------------------------------------------------------
     def _send(self, msg: dict[str, Any]) -> None:

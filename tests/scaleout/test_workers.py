@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -265,6 +266,27 @@ async def test_players_see_the_same_npc_frames_either_way(tmp_path, remote) -> N
     local, through_worker = seen
     assert local[0]["t"] == "npc_start" and local[-1]["reason"] in ("stop", "length")
     assert through_worker == local
+
+
+async def test_a_dead_shards_answers_are_dropped_by_the_workers(broker, remote) -> None:
+    """A shard whose connection dies without a goodbye leaves a last will that makes the workers
+    cancel its answers, long before they would have finished."""
+    await remote.wait_for_reports(lambda w: all(x.in_flight == 0 for x in w.values()), timeout=10)
+    before = sum(w.completion_tokens for w in remote.workers.values())
+    doomed = RemoteEngine(RemoteSettings(broker.url, shard="doomed"), tokenizer=tiny_tokenizer())
+    doomed.start()
+    try:
+        await doomed.wait_for_workers(2, timeout=10)
+        stream = doomed.submit(CHAT, LONG)
+        await asyncio.wait_for(anext(aiter(stream)), 10)
+        worker = stream.worker
+        await remote.wait_for_reports(lambda w: w[worker].in_flight >= 1, timeout=5)
+        doomed.link.client._client.socket().shutdown(socket.SHUT_RDWR)  # the network fails: no DISCONNECT
+        await remote.wait_for_reports(lambda w: w[worker].in_flight == 0, timeout=10)
+    finally:
+        await doomed.aclose()
+    made = sum(w.completion_tokens for w in remote.workers.values()) - before
+    assert 0 < made < LONG.max_tokens
 
 
 async def test_killed_worker_ends_its_answer_with_error_and_the_other_serves(remote, pool) -> None:
