@@ -37,7 +37,9 @@ reach the stream in order, each once (dedupe by id and piece number; a second wo
 got a duplicate delivery is told to cancel). A dead worker's begun answers end with `error`
 at once when the broker delivers its last will, and within worker_lost_s + check_every_s
 (3.1 s by default) when only its heartbeat stops; answers nobody has seen a piece of yet
-are offered to another worker. A saturated worker (or no worker at all) means `busy`.
+are offered to another worker. A saturated worker (or no worker at all) means `busy`. A
+shard that loses the broker ends its answers in flight with `error` at once (its last will
+has the workers drop them) and answers `busy` until it is back.
 """
 from __future__ import annotations
 

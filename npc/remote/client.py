@@ -10,7 +10,7 @@ the same id is told to cancel) -> pieces in order by their number `n` (duplicate
 early ones held) -> exactly one end. A worker that dies (its last will clears its load
 report, or its reports stop for `worker_lost_s`) ends its begun answers with `error`; those
 no player has seen a piece of yet are offered again, as are requests no worker accepted
-within `accept_timeout_s`.
+within `accept_timeout_s`. Losing the broker ends every answer in flight with `error`.
 """
 from __future__ import annotations
 
@@ -370,9 +370,13 @@ class RemoteEngine:
             self._offer(call)
 
     def _link_down(self) -> None:
-        # New requests get Busy until the retained reports come back on reconnect. Answers in
-        # flight keep their workers: they end when worker_lost_s passes without a report.
+        # Our last will has told the workers to drop our answers, and whatever they sent
+        # meanwhile is lost (clean session): end them all now rather than at their deadline.
+        # New requests get Busy until the retained reports come back on reconnect.
+        for call in list(self._calls.values()):
+            self._end(call, "error", detail="lost the connection to the MQTT broker")
         self.workers.clear()
+        self._seen_at.clear()
         self._workers_changed.set()
 
     # -- timeouts -------------------------------------------------------------------

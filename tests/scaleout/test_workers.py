@@ -282,6 +282,8 @@ async def test_a_dead_shards_answers_are_dropped_by_the_workers(broker, remote) 
         worker = stream.worker
         await remote.wait_for_reports(lambda w: w[worker].in_flight >= 1, timeout=5)
         doomed.link.client._client.socket().shutdown(socket.SHUT_RDWR)  # the network fails: no DISCONNECT
+        result = await asyncio.wait_for(stream.result(), 10)
+        assert result.finish_reason == "error"  # its own side ends the answer at once too
         await remote.wait_for_reports(lambda w: w[worker].in_flight == 0, timeout=10)
     finally:
         await doomed.aclose()

@@ -43,6 +43,8 @@ def test_topics_live_under_the_world_prefix() -> None:
     assert not t.is_reply("town/npc/reply/s1/x") and not t.is_reply("other/npc/reply/s1")
     assert t.cancel("w1") == "town/npc/cancel/w1" and t.load("w1") == "town/npc/workers/w1"
     assert t.worker_of("town/npc/workers/w1") == "w1" and t.worker_of("town/npc/reply/w1") is None
+    assert t.gone("s1.ab") == "town/npc/gone/s1.ab" and t.instance_of("town/npc/gone/s1.ab") == "s1.ab"
+    assert t.instance_of("town/npc/workers/w1") is None
 
 
 def test_load_report_and_reply_batch_round_trip() -> None:
