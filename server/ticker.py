@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 import orjson
@@ -62,6 +63,7 @@ class Ticker:
         self.shard = shard
         self._next_pose_flush = time.monotonic() + shard.settings.pose_flush_s
         self._next_sweep = time.monotonic() + _GRACE_SWEEP_S
+        self.failures = 0
 
     async def run(self) -> None:
         """The loop; one tick per period, catching up by skipping rather than bunching."""
@@ -79,7 +81,12 @@ class Ticker:
             try:
                 self.tick()
             except Exception:  # one bad tick must not stop the world
-                log.exception("tick %d failed", self.shard.tick_no)
+                self.failures += 1
+                # A bug that fails every tick would log 20 tracebacks a second: log the
+                # 1st, 10th, 100th... with a count instead.
+                if math.log10(self.failures).is_integer():
+                    log.exception("tick %d failed (%d failed ticks so far)", self.shard.tick_no,
+                                  self.failures)
             self.shard.metrics.tick_seconds.observe(time.perf_counter() - start)
 
     def tick(self) -> None:
