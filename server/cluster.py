@@ -14,6 +14,9 @@ default ``worldsmith``)::
                             on SHARD.
     P/beat/SHARD            QoS 0, empty. Each shard's own heartbeat through the broker:
                             a link that stops echoing it is torn down and reconnected.
+    P/replace/SHARD/PID     QoS 1, empty. Player PID has just connected on another shard:
+                            SHARD closes its older connection with 4002, as one shard
+                            does when a player connects twice to it.
     P/objects               QoS 1, No Local. {"op":"add","obj":{…ObjectRecord…}} or
                             {"op":"remove","id"}: an object placed or removed on one shard
                             enters or leaves every other shard's world.
@@ -82,6 +85,7 @@ class Topics:
         self.my_presence = f"{prefix}/presence/{shard}"
         self.chat_global = f"{prefix}/chat/global"
         self.my_private = f"{prefix}/private/{shard}/+"
+        self.my_replace = f"{prefix}/replace/{shard}/+"
         self.objects = f"{prefix}/objects"
         self.my_beat = f"{prefix}/beat/{shard}"
 
@@ -97,7 +101,11 @@ class Topics:
             return "objects"
         rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
         head = rest.split("/", 1)[0]
-        return head if head in ("private", "presence", "beat") else "other"
+        return head if head in ("private", "presence", "beat", "replace") else "other"
+
+    def replace(self, shard: str, pid: str) -> str:
+        """The topic that tells `shard` its connection of `pid` was replaced elsewhere."""
+        return f"{self.prefix}/replace/{shard}/{pid}"
 
     def tail(self, topic: str, head: str) -> str | None:
         """The last level of `topic` if it is `head/<one level>`, else None."""

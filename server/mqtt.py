@@ -27,7 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from server import cluster, objects
 from server.chat import Relay
-from server.errors import UNAVAILABLE, ClientError
+from server.errors import REPLACED, UNAVAILABLE, ClientError
 from server.metrics import Counter, Gauge
 from server.sessions import now_ms
 
@@ -217,7 +217,8 @@ class MqttRelay(Relay):
                                         (self.topics.chat_global, SubscribeOptions(qos=0, noLocal=True)),
                                         (self.topics.my_private, SubscribeOptions(qos=0)),
                                         (self.topics.objects, no_local),
-                                        (self.topics.my_beat, SubscribeOptions(qos=0))])
+                                        (self.topics.my_beat, SubscribeOptions(qos=0)),
+                                        (self.topics.my_replace, SubscribeOptions(qos=1))])
                 self._drop_stale_outbox()
                 self._came_up()
                 async with asyncio.TaskGroup() as tasks:
@@ -283,8 +284,25 @@ class MqttRelay(Relay):
                                      cluster.presence_payload(self.shard.settings.shard, players, now_ms()),
                                      qos=1, retain=True)
                 self.m_sent.inc("presence")
+                if sent is not None:
+                    self._replace_elsewhere(now - sent)
                 sent = now
             await asyncio.sleep(PRESENCE_EVERY_S)  # a polling period, not synchronisation
+
+    def _replace_elsewhere(self, arrived: frozenset[str]) -> None:
+        """Players who just connected here while another shard still has them: that shard
+        closes its (older) connection. Only new arrivals are checked, so the newer wins."""
+        for pid in arrived:
+            other = self.remote.find(pid)
+            if other is not None and other[0] == pid:
+                with contextlib.suppress(Unavailable):
+                    self._publish(self.topics.replace(other[2], pid), b"", qos=1)
+
+    def _replaced(self, pid: str) -> None:
+        session = self.shard.sessions.online.get(pid)
+        if session is not None:
+            self.shard.metrics.closes.inc(str(REPLACED))
+            self.shard.spawn(session.conn.close(REPLACED, "replaced by a newer connection on another shard"))
 
     async def _heartbeat(self, client: aiomqtt.Client) -> None:
         """Publish a beat to ourselves and fail the link when they stop coming back: a
@@ -321,6 +339,8 @@ class MqttRelay(Relay):
             self._apply_object_event(*cluster.parse_object_event(payload))
         elif (pid := t.tail(topic, t.my_private)) is not None:
             self.shard.send_to([pid], payload, "chat")
+        elif (pid := t.tail(topic, t.my_replace)) is not None:
+            self._replaced(pid)
         elif (shard := t.tail(topic, t.presence_all)) is not None:
             if shard != self.shard.settings.shard:
                 self.remote.update(shard, payload)

@@ -196,3 +196,21 @@ async def test_broker_outage_answers_unavailable_and_recovers_without_dropping_p
         if not broker.running:
             broker.start()
         await close_all(alice, bob, cat)
+
+
+async def test_connecting_on_another_shard_replaces_the_older_connection(world):
+    """A claimed player who connects on shard b while still connected on shard a keeps the new connection; the old one is closed 4002."""
+    name = unique_name("mv")
+    old = await join(world["a"].ws, name, password="pw-moving1")
+    watcher = await join(world["b"].ws)
+    try:
+        await who_until(watcher, lambda m: name in names(m))
+        new = await join(world["b"].ws, name, password="pw-moving1")
+        code, _ = await old.closed(timeout=WAIT_S)
+        assert code == 4002
+        roster = await who_until(watcher, lambda m: names(m).get(name) == "b")
+        assert sum(1 for p in roster["players"] if p["name"] == name) == 1
+        await new.barrier()  # the new connection is still served
+        assert not any(m.get("t") == "error" for m in new.seen)
+    finally:
+        await close_all(old, watcher, new)
