@@ -4,9 +4,11 @@ Chosen by `server.app` when `--mqtt URL` is set; it replaces the one-shard `Rela
 `server.chat`. The client library is aiomqtt (the maintained successor of asyncio-mqtt),
 speaking MQTT 5. Topics and payloads are in `server.cluster`.
 
-One background task (`_link`) owns the broker connection for the relay's whole life: it
-connects, subscribes, publishes presence, reads and writes, and on any broker failure
-reconnects with capped exponential backoff, logging each up/down transition once. While
+One background task (`_link`, started by `start()`, cancelled and awaited by `close()`)
+owns the broker connection for the relay's whole life. Per connection it runs a TaskGroup
+(reader, writer, presence, heartbeat, object resync) that ends as one when the connection
+does; then it reconnects with capped exponential backoff, logging each up/down
+transition once. While
 the link is down the shard keeps serving its own players; what needs the other shards
 (global lines, private lines to players not here, `who`) answers `error` `unavailable`.
 Object events made while down are kept (bounded) and sent on reconnect, and the world's
@@ -206,8 +208,8 @@ class MqttRelay(Relay):
             protocol=aiomqtt.ProtocolVersion.V5, will=will, clean_start=True,
             keepalive=KEEPALIVE_S, timeout=CALL_TIMEOUT_S,
             # Small messages must not wait for Nagle's algorithm (up to ~40 ms on loopback).
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], max_queued_incoming_messages=50_000,
-            logger=_client_log)
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_queued_incoming_messages=50_000, logger=_client_log)
         async with client:
             self._client = client
             try:
