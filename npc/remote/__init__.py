@@ -43,7 +43,8 @@ has the workers drop them) and answers `busy` until it is back.
 """
 from __future__ import annotations
 
-from npc.remote.client import RemoteEngine, RemoteReplyStream
+from npc.remote.client import RemoteEngine
+from npc.remote.stream import RemoteReplyStream
 from npc.remote.wire import NpcTopics, RemoteSettings, WorkerLinkSettings, WorkerLoad
 
 

@@ -20,113 +20,20 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence as Seq
+from collections.abc import Mapping, Sequence as Seq
 
 import aiomqtt
 import orjson
 
-from npc.engine.engine import Result, Timings
 from npc.engine.errors import Busy, EngineClosed
 from npc.engine.sequence import Priority, SamplingParams
 from npc.queue import Accepted, Done, GenerateRequest, Piece, Rejected, Sampling, WireError, parse
 from npc.remote.link import Link, Outgoing
 from npc.remote.metrics import RemoteMetrics
+from npc.remote.stream import RemoteReplyStream
 from npc.remote.wire import NpcTopics, RecentIds, RemoteSettings, WorkerLoad, parse_reply_batch
 
 log = logging.getLogger("worldsmith.npc.remote")
-
-EARLY_LIMIT = 1024  # pieces held while an earlier one is missing
-
-
-class RemoteReplyStream:
-    """One remote answer: iterate for text pieces, `await result()` for the end, `cancel()` any time."""
-
-    def __init__(self, engine: "RemoteEngine", request: GenerateRequest, deadline: float | None) -> None:
-        self._engine = engine
-        self.request = request
-        self.deadline = deadline          # monotonic
-        self.submitted = time.monotonic()
-        self.sent_at = self.submitted     # last time it was offered to the workers
-        self.attempts = 1
-        self.worker: str | None = None    # the worker serving it, once one accepted
-        self.abandoned: set[str] = set()  # workers whose messages for it are ignored
-        self.next_n = 0
-        self.early: dict[int, str] = {}
-        self.text: list[str] = []
-        self.first_piece: float | None = None
-        self.cancel_at: float | None = None
-        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        self._result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-
-    @property
-    def id(self) -> str:
-        """The request id on the wire."""
-        return self.request.request_id
-
-    @property
-    def begun(self) -> bool:
-        """True once a piece reached the consumer (it can no longer be offered again)."""
-        return self.first_piece is not None
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while (piece := await self._pieces.get()) is not None:
-            yield piece
-
-    async def result(self) -> Result:
-        """Wait for the end of the answer (after cancel(), the cancelled result)."""
-        return await asyncio.shield(self._result)
-
-    @property
-    def done(self) -> bool:
-        return self._result.done()
-
-    def cancel(self) -> None:
-        """Stop the answer: the worker is told to stop (freeing its batch slot); if it doesn't
-        confirm within cancel_grace_s, or had not accepted yet, the answer ends here."""
-        if not self.done:
-            self._engine._cancel(self)
-
-    # -- fed by the engine ------------------------------------------------------------
-    def _piece(self, n: int, text: str) -> bool:
-        """Take piece number n; returns False for a duplicate."""
-        if n < self.next_n or n in self.early:
-            return False
-        if n > self.next_n:
-            if len(self.early) < EARLY_LIMIT:
-                self.early[n] = text
-            return True
-        self._deliver(text)
-        while self.next_n in self.early:
-            self._deliver(self.early.pop(self.next_n))
-        return True
-
-    def _deliver(self, text: str) -> None:
-        self.next_n += 1
-        if self.first_piece is None:
-            self.first_piece = time.monotonic()
-        if text:
-            self.text.append(text)
-            self._pieces.put_nowait(text)
-
-    def _finish(self, reason: str, *, text: str | None = None, prompt_tokens: int = 0,
-                completion_tokens: int | None = None, detail: str | None = None) -> Result:
-        """End the answer. `text` is the worker's full answer: whatever pieces did not arrive
-        are delivered as one last piece, so the streamed text always equals the result's."""
-        have = "".join(self.text)
-        if text is not None and len(text) > len(have) and text.startswith(have):
-            self._deliver(text[len(have):])
-        now = time.monotonic()
-        ttft = None if self.first_piece is None else self.first_piece - self.submitted
-        result = Result("".join(self.text), reason, prompt_tokens,
-                        self.next_n if completion_tokens is None else completion_tokens,
-                        Timings(ttft, now - self.submitted), (), detail)
-        self._pieces.put_nowait(None)
-        self._result.set_result(result)
-        return result
-
 
 Messages = Seq[Mapping[str, str]]
 
