@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--dtype", default="auto")
     bench.add_argument("--threads", type=int, default=0)
+    bench.add_argument("--share-prefix-attention", action="store_true",
+                       help="decodes sharing a cached persona read its K/V once per group")
     return p
 
 
@@ -102,7 +104,8 @@ async def bench(args: argparse.Namespace) -> int:
 
     n = args.concurrency
     engine = await asyncio.to_thread(_engine, args, max_running=max(n, 1), max_waiting=max(n, 1),
-                                     token_budget=0, kv_budget_mb=512)
+                                     token_budget=0, kv_budget_mb=512,
+                                     share_prefix_attention=args.share_prefix_attention)
     params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
 
     def chat(npc: int, player: int) -> list[dict[str, str]]:

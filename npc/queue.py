@@ -9,7 +9,8 @@ same messages between processes, each as one JSON object with a type tag `t`:
     shard -> worker   {"t":"generate", "v":1, "id", "messages":[{"role","content"}...] | "prompt_ids":[...],
                        "sampling":{...}, "deadline": unix_s | null, "priority":"high|normal|low"}
                       {"t":"cancel", "id"}
-    worker -> shard   {"t":"accepted", "id"} | {"t":"rejected", "id", "reason":"busy|too_long|closed|invalid", "message"}
+    worker -> shard   {"t":"accepted", "id"}
+                      {"t":"rejected", "id", "reason":"busy|too_long|closed|invalid", "message"}
                       {"t":"piece", "id", "n", "text"}           (n counts pieces from 0)
                       {"t":"done", "id", "text", "finish_reason", "prompt_tokens", "completion_tokens",
                        "ttft_s", "total_s", "detail"}

@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--token-budget", type=int, default=0, help="tokens per step (0: max(128, 2 x max-running))")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--share-prefix-attention", action="store_true",
+                   help="decodes sharing a cached prompt prefix read its K/V once per group")
     from npc.remote.worker import add_arguments  # --mqtt: the scale-out transport
 
     add_arguments(p)
@@ -116,7 +118,7 @@ def build_engine(args: argparse.Namespace):
 
     settings = EngineSettings(max_running=args.max_running, max_waiting=args.max_waiting,
                               kv_budget_mb=args.kv_budget_mb, max_model_len=args.max_model_len,
-                              token_budget=args.token_budget,
+                              token_budget=args.token_budget, share_prefix_attention=args.share_prefix_attention,
                               device=args.device, dtype=args.dtype, threads=args.threads)
     if args.model == "tiny":
         from npc.engine.tiny import tiny_model, tiny_tokenizer

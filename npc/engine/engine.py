@@ -59,6 +59,10 @@ class EngineSettings:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
     dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    # Decodes sharing a cached prefix (one NPC's persona) read its K/V once per group. The
+    # logits move by float noise (~3e-5, like a change of batch size), which can flip a
+    # greedy near-tie; off by default so greedy output depends only on batch composition.
+    share_prefix_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.token_budget == 0:
@@ -154,6 +158,8 @@ class EngineCore:
         self.scheduler = Scheduler(self.config, self.blocks)
         self.runner = Runner(model, num_blocks=num_blocks, block_size=settings.block_size,
                              max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype)
+        if settings.share_prefix_attention:
+            self.runner.min_shared_prefix = max(32, 2 * settings.block_size)
         self.metrics = EngineMetrics()
         self.eos_ids = frozenset(tokenizer.eos_ids)
         log.info("engine on %s/%s: %d KV blocks of %d tokens + %d rows of up to %d tokens (%.0f MiB now)",

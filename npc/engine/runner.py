@@ -185,8 +185,9 @@ class Runner:
         self._row_of: dict[int, int] = {}  # seq_id -> row
         self._filled: dict[int, int] = {}  # seq_id -> positions of its row holding valid K/V
         self.sampler = Sampler(self.device)
-        # Decodes sharing at least this many cached prefix tokens attend to them together.
-        self.min_shared_prefix = max(32, 2 * block_size)
+        # Decodes sharing at least this many cached prefix tokens attend to them together
+        # (None: never). Off by default: see EngineSettings.share_prefix_attention.
+        self.min_shared_prefix: int | None = None
         self.shared_decodes = 0  # decodes served through a shared prefix (for metrics and tests)
 
     @property
@@ -260,6 +261,8 @@ class Runner:
 
     def _group_decodes(self, decodes: list[Work]) -> tuple[list[Work], list[tuple[list[Work], int]]]:
         """Split decodes into plain ones and groups sharing a long cached prefix (same blocks)."""
+        if self.min_shared_prefix is None:
+            return decodes, []
         bs = self.block_size
         least = -(-self.min_shared_prefix // bs)  # blocks
         plain: list[Work] = []

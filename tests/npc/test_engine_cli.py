@@ -27,7 +27,7 @@ def test_bench_prints_figures_and_a_json_line(capsys: pytest.CaptureFixture[str]
     import json
 
     assert main(["bench", "--model", "tiny", "--threads", "1", "--concurrency", "4", "--npcs", "2",
-                 "--max-tokens", "4", "--persona-repeat", "1", "--arrival-ms", "1"]) == 0
+                 "--share-prefix-attention", "--max-tokens", "4", "--persona-repeat", "1", "--arrival-ms", "1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     figures = json.loads(last)
     assert figures["concurrency"] == 4 and figures["agg_tok_s"] > 0

@@ -77,7 +77,7 @@ def test_prefix_cache_hits_give_same_tokens_as_misses() -> None:
     """A persona prefix computed once is reused by later requests with identical output."""
     persona = TOK.encode("You are Brann, the village smith. You speak plainly and briefly. " * 3)
     lines = [TOK.encode(f"<player {i}> Any news?") for i in range(3)]
-    core = make_core()
+    core = make_core(share_prefix_attention=True)
     drain(core, [core.add(Sequence(persona + lines[0], GREEDY))])
     hits_before = core.blocks.hit_tokens
     warm = drain(core, [core.add(Sequence(persona + line, GREEDY)) for line in lines[1:]])
@@ -170,7 +170,7 @@ def test_preempted_request_keeps_its_seeded_stream_when_its_row_is_taken() -> No
 def test_shared_prefix_attention_matches_plain_attention() -> None:
     """Decoding a group over its shared cached prefix gives the same logits as attending row by row."""
     persona = TOK.encode("You are Brann, the village smith. You speak plainly and briefly. " * 3)
-    core = make_core()
+    core = make_core(share_prefix_attention=True)
     drain(core, [core.add(Sequence(persona + TOK.encode("first"), GREEDY))])
     for i in range(4):
         core.add(Sequence(persona + TOK.encode(f"<player {i}> news?" + "!" * i), GREEDY))
@@ -189,7 +189,7 @@ def test_shared_prefix_attention_matches_plain_attention() -> None:
     before = core.runner.shared_decodes
     shared_tokens = core.runner.run(work)
     assert core.runner.shared_decodes == before + 4
-    core.runner.min_shared_prefix = 10**9  # the same work again, every decode on its own row
+    core.runner.min_shared_prefix = None  # the same work again, every decode on its own row
     plain_tokens = core.runner.run(work)
     assert core.runner.shared_decodes == before + 4
     assert shared_tokens == plain_tokens

@@ -23,7 +23,7 @@ async def test_concurrent_answers_equal_sequential_with_shared_persona(model_and
     model, tok = model_and_tokenizer
     params = SamplingParams(temperature=0, max_tokens=12)
     settings = EngineSettings(threads=1, max_running=4, max_waiting=4, kv_budget_mb=64, max_model_len=512,
-                              device="cpu", dtype="float32")
+                              device="cpu", dtype="float32", share_prefix_attention=True)
     async with Engine(model, tok, settings) as engine:
         chats = [[{"role": "system", "content": PERSONA}, {"role": "user", "content": line}] for line in LINES]
         solo = [await engine.submit(chat, params).result() for chat in chats]
