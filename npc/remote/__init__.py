@@ -1,7 +1,7 @@
 """NPC workers over MQTT: many shards share a pool of GPU (or CPU) workers through a broker.
 
     worker:  python -m npc.worker --mqtt mqtt://HOST:1883 [--model M --device cuda]
-    shard:   NpcService(settings, engine=RemoteEngine(RemoteSettings(url), tokenizer=load_tokenizer(M)))
+    shard:   NpcService(settings, engine=remote_engine(URL, model=M, world_prefix=P, shard=NAME))
 
 The shard's `RemoteEngine` (`npc.remote.client`) has the in-process Engine's interface, so
 players see the same `npc_start`/`npc_token`/`npc_end` either way. The worker
@@ -27,7 +27,7 @@ the same prefix the shards' own MQTT relay uses)::
                             the answers it was generating for that reply topic.
     P/npc/workers/WORKER    retained, QoS 1. The worker's load report
                             {"worker","running","waiting","in_flight","capacity","tokens_per_s",
-                            "completion_tokens","model","state","sent_ms"}, every
+                            "completion_tokens","model","state","sent_ms","max_model_len"}, every
                             load_every_s (default 0.5 s) and soon after each change: it is
                             also the heartbeat. The worker's last will (and its clean leave)
                             is an empty retained message here.
@@ -46,6 +46,14 @@ from __future__ import annotations
 from npc.remote.client import RemoteEngine
 from npc.remote.stream import RemoteReplyStream
 from npc.remote.wire import NpcTopics, RemoteSettings, WorkerLinkSettings, WorkerLoad
+
+
+def remote_engine(url: str, *, model: str | None, world_prefix: str = "worldsmith", shard: str = "",
+                  username: str | None = None, password: str | None = None) -> RemoteEngine:
+    """The shard's engine when its NPCs answer on remote workers (loads only the tokenizer of
+    `model`, which must be the workers' model)."""
+    settings = RemoteSettings(url, world_prefix=world_prefix, shard=shard, username=username, password=password)
+    return RemoteEngine(settings, tokenizer=load_tokenizer(model))
 
 
 def load_tokenizer(model: str | None):
@@ -76,5 +84,5 @@ def load_tokenizer(model: str | None):
     return Tokenizer.from_gguf_metadata(read_metadata(GGUFReader(str(path))))
 
 
-__all__ = ["RemoteEngine", "RemoteReplyStream", "RemoteSettings", "WorkerLinkSettings", "WorkerLoad",
+__all__ = ["RemoteEngine", "remote_engine", "RemoteReplyStream", "RemoteSettings", "WorkerLinkSettings", "WorkerLoad",
            "NpcTopics", "load_tokenizer"]

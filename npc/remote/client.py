@@ -117,6 +117,13 @@ class RemoteEngine:
         """Workers reporting and accepting requests."""
         return [w for w in self.workers.values() if w.state == "serving"]
 
+    @property
+    def max_model_len(self) -> int | None:
+        """The smallest context (prompt plus answer tokens) a serving worker reports; None if unknown.
+        A longer request would be refused, so prompt budgets should stay within it."""
+        lens = [w.max_model_len for w in self.live_workers() if w.max_model_len]
+        return min(lens) if lens else None
+
     # -- requests -------------------------------------------------------------------
     @property
     def in_flight(self) -> int:

@@ -152,6 +152,7 @@ class WorkerLoad:
     model: str
     state: str          # serving | draining
     sent_ms: int
+    max_model_len: int = 0  # prompt plus answer tokens it can hold (0: not reported)
 
     def to_payload(self) -> bytes:
         """The retained message."""
@@ -164,7 +165,7 @@ class WorkerLoad:
             d = orjson.loads(payload)
             return cls(worker, int(d["running"]), int(d["waiting"]), int(d["in_flight"]),
                        int(d["capacity"]), float(d["tokens_per_s"]), int(d["completion_tokens"]),
-                       str(d["model"]), str(d["state"]), int(d["sent_ms"]))
+                       str(d["model"]), str(d["state"]), int(d["sent_ms"]), int(d.get("max_model_len", 0)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad load report from {worker}: {e}") from None
 

@@ -167,7 +167,8 @@ class MqttWorker:
         running, waiting = (snap["running"], snap["queue_depth"]) if in_flight else (0, 0)
         return WorkerLoad(self.worker_id, int(running), int(waiting), in_flight,
                           s.max_running + s.max_waiting, round(rate, 1), total, self.model_name,
-                          "draining" if self.draining else "serving", now_ms())
+                          "draining" if self.draining else "serving", now_ms(),
+                          self.engine.core.config.max_model_len)
 
     async def _report_loop(self) -> None:
         """Publish the retained load report every load_every_s, and soon after a change."""

@@ -19,7 +19,7 @@ from npc.engine.engine import Engine, EngineSettings
 from npc.engine.errors import Busy
 from npc.engine.sequence import SamplingParams
 from npc.engine.tiny import tiny_model, tiny_tokenizer
-from npc.remote import RemoteEngine, RemoteSettings, WorkerLoad
+from npc.remote import RemoteEngine, RemoteSettings, WorkerLoad, remote_engine
 from npc.remote.wire import NpcTopics
 from tests.broker import Broker
 
@@ -97,7 +97,7 @@ def pool(broker, tmp_path_factory):
 async def remote(broker, pool):
     """A shard-side RemoteEngine that has heard from both workers."""
     names = pool.ensure(2)
-    engine = RemoteEngine(RemoteSettings(broker.url, shard="test"), tokenizer=tiny_tokenizer())
+    engine = remote_engine(broker.url, model="tiny", shard="test")
     engine.start()
     await engine.wait_for_reports(lambda w: set(names) <= set(w), timeout=40)
     yield engine
@@ -159,7 +159,7 @@ async def test_two_workers_share_the_requests(remote) -> None:
     results = await asyncio.wait_for(asyncio.gather(*(s.result() for s in streams)), 20)
     assert {r.finish_reason for r in results} <= {"stop", "length"}
     assert {s.worker for s in streams} == set(remote.workers)
-    assert len(remote.workers) == 2
+    assert len(remote.workers) == 2 and remote.max_model_len == 1024
     text = remote.metrics.prometheus()
     for name in remote.workers:
         assert f'npc_remote_worker_in_flight{{worker="{name}"}}' in text

@@ -49,7 +49,7 @@ def test_topics_live_under_the_world_prefix() -> None:
 
 def test_load_report_and_reply_batch_round_trip() -> None:
     """A load report and a reply batch parse back unchanged; malformed ones raise ValueError."""
-    load = WorkerLoad("w1", 2, 1, 3, 16, 120.5, 999, "tiny", "serving", 123)
+    load = WorkerLoad("w1", 2, 1, 3, 16, 120.5, 999, "tiny", "serving", 123, 1024)
     assert WorkerLoad.from_payload("w1", load.to_payload()) == load
     with pytest.raises(ValueError):
         WorkerLoad.from_payload("w1", b'{"running": 1}')
