@@ -15,6 +15,7 @@ from server.errors import AuthFailed
 from server.protocol import Hello
 from server.ratelimit import Limits
 from worldstate.entities import Pose
+from worldstate.records import NameTaken
 
 
 def now_ms() -> int:
@@ -61,9 +62,6 @@ class Identity:
     pid: str
     name: str
     claimed: bool
-    # True when the hello proved it is this player (token or password): it may replace
-    # an online session of the same player.
-    proven: bool
 
 
 class SessionTable:
@@ -135,7 +133,7 @@ async def identify(hello: Hello, *, signer: TokenSigner, call, store, sessions: 
             claims = signer.verify(hello.token)
         except TokenError as exc:
             raise AuthFailed(str(exc), re=hello.id) from None
-        return Identity(claims.pid, claims.name, claims.claimed, proven=True)
+        return Identity(claims.pid, claims.name, claims.claimed)
     name = hello.name
     holder = sessions.find(name)
     if hello.password is not None:
@@ -143,7 +141,6 @@ async def identify(hello: Hello, *, signer: TokenSigner, call, store, sessions: 
             raise AuthFailed("that name is held by a guest online", re=hello.id)
         ok = await call(store.check_password, name, hello.password)
         if ok is None:
-            from worldstate.records import NameTaken
             try:
                 await call(store.create_account, name, hello.password)
                 ok = True
@@ -151,9 +148,9 @@ async def identify(hello: Hello, *, signer: TokenSigner, call, store, sessions: 
                 ok = await call(store.check_password, name, hello.password)
         if not ok:
             raise AuthFailed("wrong password for this name", re=hello.id)
-        return Identity(claimed_id(name), name, True, proven=True)
+        return Identity(claimed_id(name), name, True)
     if holder is not None:
         raise AuthFailed("that name is online; send its token or password", re=hello.id)
     if await call(store.has_account, name):
         raise AuthFailed("that name is claimed; send its password", re=hello.id)
-    return Identity(guest_id(name), name, False, proven=False)
+    return Identity(guest_id(name), name, False)

@@ -157,7 +157,8 @@ class Shard:
         # Re-check after the awaits: others may have come in meanwhile.
         existing = self.sessions.online.get(ident.pid)
         if existing is None:
-            if not ident.proven and self.sessions.find(ident.name) is not None:
+            holder = self.sessions.find(ident.name)
+            if holder is not None and hello.token is None:  # someone took the name meanwhile
                 raise AuthFailed("that name is online; send its token or password", re=hello.id)
             if len(self.sessions) >= self.settings.max_players:
                 raise CloseConnection(SHARD_FULL, "shard full",
