@@ -148,15 +148,23 @@ def web_shard(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def chromium():
-    """Headless Debian Chromium under Playwright, shared by every browser test of the run."""
+def fresh_artifacts():
+    """The screenshots left in artifacts/web/ should be this run's, not an older run's."""
+    for old in [*ARTIFACTS.glob("*.png"), *ARTIFACTS.glob("figures.jsonl")]:
+        old.unlink()
+
+
+@pytest.fixture(scope="module")
+def chromium(fresh_artifacts):
+    """Headless Debian Chromium under Playwright, shared by the tests of one module.
+
+    Module scope, not session: Playwright's sync API keeps an event loop running in this
+    thread while it is open, and every asyncio test after it would fail to start its own.
+    """
     if shutil.which(CHROMIUM) is None:
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh --dev does)")
     from playwright.sync_api import sync_playwright
 
-    # The screenshots left in artifacts/web/ should be this run's, not an older run's.
-    for old in [*ARTIFACTS.glob("*.png"), *ARTIFACTS.glob("figures.jsonl")]:
-        old.unlink()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser

@@ -19,9 +19,14 @@ from worldstate.config import default_world
 GUIDE = "n:guide"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def engine(default_model):
-    """One engine on the default model, shared by this module's shards."""
+    """A fresh engine (empty prefix cache) on the session's default model, for one test.
+
+    Fresh per test so each answer is computed from the same cache state whatever ran
+    before: cache hits and batch shapes change logits by float noise, enough to flip a
+    near-tie between tokens.
+    """
     model, tokenizer = default_model
     eng = Engine(model, tokenizer, EngineSettings(max_model_len=1536))
     eng.start()
