@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
+# Run as `python bench/npc.py`, this file's folder comes first on sys.path, where this very
+# file would shadow the `npc` package: put the repository root first instead.
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from npc.engine.engine import Engine, EngineSettings  # noqa: E402
 from npc.engine.loader import load_model  # noqa: E402
