@@ -117,7 +117,14 @@ async def _hello_phase(shard, conn):
                                   ClientError(INVALID, "hello must be the first message",
                                               field="t", re=msg.id))
         shard.metrics.messages_in.inc("hello")
-        return await shard.admit(conn, msg)
+        try:
+            return await shard.admit(conn, msg)
+        except StoreError:
+            # Accounts can't be checked: say so (the client may retry) rather than 1011 alone.
+            log.exception("database error while admitting a player")
+            raise CloseConnection(INTERNAL_ERROR, "database unavailable",
+                                  ClientError(BUSY, "the database is unavailable; try again",
+                                              re=msg.id)) from None
 
 
 async def _read_loop(shard, session, conn) -> None:

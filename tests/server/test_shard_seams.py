@@ -105,3 +105,19 @@ async def test_an_npc_hook_may_set_a_talk_range_per_npc(tmp_path):
         await p.recv_type("npc_end")
         assert [line.text for line in hook.lines] == ["hello!"]
         await close_all(p)
+
+
+async def test_database_gone_refuses_logins_with_busy_and_keeps_players(start_shard, caplog):
+    """With the database unavailable a password hello gets `busy` then 1011, while players online keep playing."""
+    from tests.server.wire import refused
+
+    async with start_shard() as shard:
+        online = await join(shard.ws_url)
+        await shard.db.close()  # the real writer, closed: every store call now fails
+        with caplog.at_level(logging.ERROR, logger="worldsmith.connection"):
+            code, _, seen = await refused(shard.ws_url, {"t": "hello", "v": 1, "name": "late",
+                                                         "password": "pw-late", "id": "h"})
+        assert code == 1011 and seen[0]["code"] == "busy" and seen[0]["re"] == "h"
+        await online.send({"t": "ping", "ct": 1})
+        assert (await online.recv_type("pong"))["ct"] == 1
+        await close_all(online)
