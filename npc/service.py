@@ -95,10 +95,12 @@ def load_engine(settings: NpcSettings):
 class NpcService(NpcHook):
     """The shard's NPCs, answering through an in-process engine."""
 
-    def __init__(self, settings: NpcSettings | None = None, *, engine=None) -> None:
+    def __init__(self, settings: NpcSettings | None = None, *, engine=None,
+                 owns_engine: bool | None = None) -> None:
         self.settings = settings or NpcSettings()
         self.engine = engine
-        self._owns_engine = engine is None  # an engine handed in is its giver's to close
+        # An engine handed in is its giver's to close, unless it says otherwise.
+        self._owns_engine = engine is None if owns_engine is None else owns_engine
         self.ready = asyncio.Event()
         self.shard = None
         self.personas: dict[str, Persona] = {}
@@ -253,10 +255,16 @@ class NpcService(NpcHook):
         return self.engine.submit(prompt.messages, params, timeout=s.answer_timeout_s)
 
     def _context_tokens(self) -> int:
-        """The prompt budget: the setting, capped by what the engine can hold."""
-        core = getattr(self.engine, "core", None)
-        engine_max = getattr(getattr(core, "config", None), "max_model_len", None)
+        """The prompt budget: the setting, capped by what the engine (or its workers) can hold."""
+        engine_max = getattr(self.engine, "max_model_len", None)
+        if engine_max is None:  # the in-process engine keeps it in its core's config
+            engine_max = getattr(getattr(getattr(self.engine, "core", None), "config", None), "max_model_len", None)
         return min(self.settings.context_tokens, engine_max or self.settings.context_tokens)
+
+    def metrics_text(self) -> str:
+        """The engine's figures (queue, batch, KV, prefix hits, TTFT/ITL, tok/s) for /metrics."""
+        metrics = getattr(self.engine, "metrics", None) if self.ready.is_set() else None
+        return metrics.prometheus() if metrics is not None else ""
 
     def _situation(self, persona: Persona, line: NpcLine) -> Situation:
         world, cfg = self.shard.world, self.shard.config

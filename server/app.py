@@ -42,7 +42,14 @@ def _npc_hook(settings: Settings) -> NpcHook:
     from npc.service import NpcService, NpcSettings
 
     model = None if settings.npc_model == "default" else settings.npc_model
-    return NpcService(NpcSettings(
+    engine = None
+    if settings.npc_workers == "remote":
+        from npc.remote import remote_engine
+
+        engine = remote_engine(settings.mqtt, model=model, world_prefix=settings.world_prefix,
+                               shard=settings.shard, username=settings.mqtt_user,
+                               password=settings.mqtt_password)
+    return NpcService(engine=engine, owns_engine=True, settings=NpcSettings(
         model=model, device=settings.npc_device, dtype=settings.npc_dtype,
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
         context_tokens=settings.npc_context_tokens, memory_tokens=settings.npc_memory_tokens,

@@ -85,7 +85,8 @@ class HttpRoutes:
                     "tick": self.shard.tick_no}
             return _response(200, "OK", orjson.dumps(body), "application/json")
         if path == "/metrics":
-            return _response(200, "OK", self.shard.metrics.render().encode(),
+            text = self.shard.metrics.render() + self.shard.npcs.metrics_text()
+            return _response(200, "OK", text.encode(),
                              "text/plain; version=0.0.4; charset=utf-8")
         return self.static(path)
 

@@ -52,6 +52,10 @@ class NpcHook:
     def player_left(self, pid: str) -> None:
         """The player went offline: stop its answers in flight."""
 
+    def metrics_text(self) -> str:
+        """Prometheus lines about NPC answering, appended to the shard's /metrics."""
+        return ""
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "npc"

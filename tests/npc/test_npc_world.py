@@ -148,3 +148,19 @@ async def test_every_start_ends_exactly_once(tmp_path, n):
         assert sorted(starts) == sorted(set(starts)) and len(starts) == n
         assert sorted(ends) == sorted(starts)
         await close_all(*wires)
+
+
+async def test_metrics_carry_the_engine_figures(tmp_path):
+    """The shard's /metrics includes the in-process engine's queue, batch, KV and latency figures."""
+    import asyncio
+    import urllib.request
+
+    async with npc_shard(tmp_path) as (shard, _):
+        alice = await join(shard.ws_url)
+        await alice.send({"t": "chat", "text": "hello guard", "to": "n:guard"})
+        await alice.recv_type("npc_end", timeout=20)
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(shard.http_url + "metrics", timeout=10).read())
+        text = body.decode()
+        assert "worldsmith_" in text
+        assert "npc_engine" in text and "ttft" in text
+        await close_all(alice)

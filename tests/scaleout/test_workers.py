@@ -327,3 +327,31 @@ async def test_workers_and_shard_resume_after_a_broker_restart(broker, pool) -> 
         assert pieces and result.finish_reason == "length" and result.text == "".join(pieces)
     finally:
         await engine.aclose()
+
+
+async def test_shard_settings_choose_remote_workers_and_metrics_show_them(tmp_path, broker, pool) -> None:
+    """`--npc-workers remote --mqtt URL` makes the shard's NPCs answer on the workers, and the
+    shard's /metrics carries the remote-worker figures."""
+    import urllib.request
+
+    from server.app import run_shard
+    from tests.server.conftest import shard_settings
+    from tests.server.wire import join, write_world
+
+    names = pool.ensure(2)
+    guard = {"id": "guard", "name": "Guard", "x": 2.0, "y": 0.0, "z": 0.0,
+             "persona": "A quiet test guard.", "reply_tokens": 32}
+    world = write_world(tmp_path / "w.toml", npcs=(guard,))
+    settings = shard_settings(tmp_path, world=world, mqtt=broker.url, npc_workers="remote",
+                              npc_model="tiny", npc_context_tokens=1024)
+    async with run_shard(settings) as shard:
+        engine = shard.npcs.engine
+        assert isinstance(engine, RemoteEngine)
+        await engine.wait_for_reports(lambda w: set(names) <= set(w), timeout=40)
+        ada = await join(shard.ws_url, "Ada")
+        await ada.send({"t": "chat", "text": "hello guard", "to": "n:guard"})
+        end = await ada.recv_type("npc_end", timeout=20)
+        assert end["reason"] in ("stop", "length") and end["tokens"] > 0
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(shard.http_url + "metrics", timeout=10).read())
+        assert b"npc_remote" in body
+        await ada.close()
