@@ -26,7 +26,7 @@ from server.sessions import Session, SessionTable, identify, now_ms
 from server.settings import Settings
 from worldstate.entities import Entity, Pose
 from worldstate.errors import WorldError
-from worldstate.records import PlayerRecord
+from worldstate.records import PlayerRecord, StoreError
 from worldstate.world import World
 
 log = logging.getLogger("worldsmith.shard")
@@ -209,7 +209,10 @@ class Shard:
         self.sessions.drop(session, pose)
         self.npcs.player_left(session.pid)
         if session.claimed and pose is not None:
-            self.db.queue_pose(_pose_record(session.name, pose))
+            try:
+                self.db.queue_pose(_pose_record(session.name, pose))
+            except StoreError as exc:  # the writer is closed: the player has left all the same
+                log.warning("pose of %s not saved: %s", session.name, exc)
 
     def _spawn_pose(self) -> Pose:
         c = self.config
