@@ -131,9 +131,15 @@ def _web_client_installed() -> bool:
 
 
 def _shard_settings(db_dir: Path, **overrides) -> Settings:
-    # The shard serves clients/web/ by default: the very files under test.
-    return Settings(host="127.0.0.1", port=0, db=f"sqlite:///{db_dir / 'world.db'}", shard="web",
-                    log_level="WARNING", **overrides)
+    """Settings for a web-test shard: loopback, a free port, SQLite under `db_dir`.
+
+    The shard serves clients/web/ by default: the very files under test. Its NPCs answer
+    nothing (npc_model "none") unless a test passes its own NPC service: loading the default
+    model would cost these tests CPU they cannot spare, for answers they do not read.
+    """
+    base = dict(host="127.0.0.1", port=0, db=f"sqlite:///{db_dir / 'world.db'}", shard="web",
+                log_level="WARNING", npc_model="none")
+    return Settings(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
