@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import typing
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -101,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         # A bad world file, database URL or port: one line a person can act on.
         logging.getLogger("worldsmith").error("cannot run the shard: %s", exc)
         return 1
+    if any(t.name == "npc-load" and t.is_alive() for t in threading.enumerate()):
+        # Stopped while the NPC model was still loading: the shard is closed and its data
+        # flushed, but tearing down the interpreter under PyTorch's loading thread aborts
+        # the process (exit 134). Leave without the teardown instead.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -55,6 +55,7 @@ class Shard:
         self.host = settings.host
         self.port = settings.port
         self._tasks: set[asyncio.Task] = set()
+        self._places = [{"name": p.name, "x": p.x, "y": p.y, "z": p.z} for p in config.places]
 
     # -- addresses ------------------------------------------------------------------
     @property
@@ -182,7 +183,9 @@ class Shard:
         welcome = {"t": "welcome", "v": 1, "you": session.pid, "name": session.name,
                    "token": self.signer.issue(session.pid, session.name, session.claimed),
                    "shard": self.settings.shard, "tick_hz": _number(self.settings.tick_hz), "aoi": c.aoi,
-                   "speed": c.speed, "st": now_ms(), "bounds": list(c.bounds), "spawn": list(c.spawn)}
+                   "speed": c.speed, "st": now_ms(), "bounds": list(c.bounds), "spawn": list(c.spawn),
+                   # Worldsmith's additions (optional fields): the world's name and its named places.
+                   "world": c.name, "places": self._places}
         self.reply(session, welcome, hello.id)
         self.send_full_view(session)
 

@@ -36,6 +36,19 @@ async def test_welcome_has_every_field_with_its_type(shard):
     await w.close()
 
 
+async def test_welcome_adds_the_worlds_name_and_places(shard):
+    """Worldsmith's optional welcome fields: `world` (its name) and `places` from the world file."""
+    from worldstate.config import default_world
+
+    w = await join(shard.ws_url)
+    village = default_world()
+    assert w.welcome["world"] == village.name
+    assert [p["name"] for p in w.welcome["places"]] == [p.name for p in village.places]
+    inn = next(p for p in w.welcome["places"] if p["name"] == "The Crooked Kettle")
+    assert (inn["x"], inn["z"]) == (-35.0, 25.0)
+    await w.close()
+
+
 async def test_first_state_enters_own_entity(shard):
     """The `state` right after `welcome` has ack 0 and lists the player's own entity."""
     w = await join(shard.ws_url)
