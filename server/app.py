@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from pathlib import Path
 
-from websockets.asyncio.server import serve
-
 from server.auth import TokenSigner
-from server.connection import serve_connection
 from server.dbwriter import DbWriter
 from server.http import WEB_ROOT, HttpRoutes
+from server.listener import Listener
 from server.metrics import Histogram
 from server.npcs import NpcHook
 from server.settings import Settings
@@ -27,8 +24,6 @@ from worldstate.config import default_world, load_world
 from worldstate.store import Store
 
 log = logging.getLogger("worldsmith")
-
-SUBPROTOCOL = "world.v1"
 
 
 def _web_root(settings: Settings) -> Path:
@@ -81,11 +76,13 @@ async def run_shard(settings: Settings, *, npcs: NpcHook | None = None):
     except BaseException:
         await db.close()
         raise
-    server = await serve(
-        functools.partial(serve_connection, shard), settings.host, settings.port,
-        process_request=HttpRoutes(shard, _web_root(settings)), subprotocols=[SUBPROTOCOL],
-        max_size=settings.max_frame, max_queue=16, compression=None, close_timeout=3,
-    )
+    server = Listener(shard, HttpRoutes(shard, _web_root(settings)))
+    try:
+        await server.start(settings.host, settings.port)
+    except BaseException:
+        await db.close()
+        raise
+    shard.listener = server
     shard.port = server.sockets[0].getsockname()[1]
     ticker = asyncio.get_running_loop().create_task(Ticker(shard).run(), name="worldsmith-tick")
     try:
@@ -98,12 +95,11 @@ async def run_shard(settings: Settings, *, npcs: NpcHook | None = None):
         await _shutdown(shard, server, ticker)
 
 
-async def _shutdown(shard: Shard, server, ticker: asyncio.Task) -> None:
+async def _shutdown(shard: Shard, server: Listener, ticker: asyncio.Task) -> None:
     """Stop accepting, close clients 1001, stop tasks, flush the database. Order matters:
     clients leave first so their poses are queued before the final flush."""
-    server.close(close_connections=True)
     try:
-        await server.wait_closed()
+        await server.close()
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@ Exception tree::
         └── Abuse              (4008)
 
 Anything else raised while handling a client closes that one connection with 1011 and is
-logged with its traceback (see `connection.py`).
+logged with its traceback (see `wsconn.py`).
 """
 from __future__ import annotations
 

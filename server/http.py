@@ -1,7 +1,7 @@
 """Plain HTTP on the WebSocket port: the web client's files, /healthz and /metrics.
 
-websockets calls `process_request` for every request; returning None lets a WebSocket
-upgrade at /ws proceed, anything else is answered here.
+The connection (`server.wsconn`) calls the routes with every request; returning None lets
+a WebSocket upgrade at /ws proceed, anything else is answered here.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class HttpRoutes:
         self.web_root = web_root
 
     def __call__(self, conn, request) -> Response | None:
-        """websockets' process_request hook."""
+        """The response to `request`, or None to accept the WebSocket upgrade."""
         path = request.path.split("?", 1)[0]
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path == "/ws":
@@ -73,10 +73,7 @@ class HttpRoutes:
                 if self.shard.connections >= s.max_players + s.max_pending:
                     # Refused before the handshake: a connection flood costs no tasks.
                     return _text(503, "Service Unavailable", "the shard is full\n")
-                # Counted from here until the socket is gone, whatever happens in between.
-                self.shard.connections += 1
-                conn.connection_lost_waiter.add_done_callback(self._gone)
-                return None
+                return None  # the connection counts itself once the upgrade is accepted
             return _text(426, "Upgrade Required", "WebSocket endpoint: connect with world.v1\n")
         if upgrade:
             return _text(404, "Not Found", "the WebSocket endpoint is /ws\n")
@@ -89,9 +86,6 @@ class HttpRoutes:
             return _response(200, "OK", text.encode(),
                              "text/plain; version=0.0.4; charset=utf-8")
         return self.static(path)
-
-    def _gone(self, _future) -> None:
-        self.shard.connections -= 1
 
     def static(self, path: str) -> Response:
         """A file of the web client, or the placeholder page when none is installed."""

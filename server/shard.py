@@ -1,6 +1,6 @@
 """The Shard: one world, its online players, and what each kind of message does to them.
 
-Input arrives on each connection's own task (`connection.py`); output to many players is
+Input arrives from each connection's protocol (`wsconn.py`); output to many players is
 the tick loop's job (`ticker.py`). Everything here runs on the event loop and never awaits
 a client: writes go straight to the connection's transport.
 """
@@ -50,7 +50,8 @@ class Shard:
         self.placed_by: dict[str, str] = {}  # object id -> guest pid that placed it
         self.admins = frozenset(n.lower() for n in settings.admins)
         self.tick_no = 0
-        self.connections = 0  # WebSocket connections accepted and not yet gone (server.http)
+        self.connections = 0  # WebSocket connections accepted and not yet gone (server.wsconn)
+        self.listener = None  # the server.listener.Listener serving this shard's port
         self.due: set[str] = set()  # players the next tick must visit even without a view diff
         self.host = settings.host
         self.port = settings.port
@@ -238,6 +239,17 @@ class Shard:
     # -- input ----------------------------------------------------------------------
     async def dispatch(self, session: Session, msg) -> None:
         """Apply one parsed message from `session`. Raises ClientError for an error reply."""
+        job = self.handle(session, msg)
+        if job is not None:
+            await job
+
+    def handle(self, session: Session, msg):
+        """Apply one parsed message now; return a coroutine still to await, or None.
+
+        Only messages that need the database (place, remove) return one: everything else is
+        done before this returns, so a connection needs no task for it. Raises ClientError
+        for an error reply.
+        """
         if not session.limits.for_type(_kind(msg)).take():
             raise RateLimited(re=msg.id)
         if isinstance(msg, Move):
@@ -252,9 +264,9 @@ class Shard:
         elif isinstance(msg, Chat):
             handle_chat(self, session, msg)
         elif isinstance(msg, Place):
-            await objects.place(self, session, msg)
+            return objects.place(self, session, msg)
         elif isinstance(msg, Remove):
-            await objects.remove(self, session, msg)
+            return objects.remove(self, session, msg)
         elif isinstance(msg, Who):
             players = self.relay.roster()
             self.reply(session, {"t": "who", "players": players, "total": len(players)}, msg.id)
@@ -265,6 +277,7 @@ class Shard:
         elif isinstance(msg, Hello):
             raise ClientError(INVALID, "hello was already accepted on this connection",
                               field="t", re=msg.id)
+        return None
 
 
 _KIND = {Move: "move", Ping: "ping", Chat: "chat", Place: "place", Remove: "remove", Who: "who",

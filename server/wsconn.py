@@ -1,0 +1,329 @@
+"""One client's connection as a plain asyncio.Protocol around websockets' sans-I/O core.
+
+An idle player costs what it holds, nothing more: no task, no queue, no timer. Bytes go
+into `websockets.server.ServerProtocol`; its events (the HTTP request, then frames) are
+handled synchronously in `data_received`; its bytes out go straight to the transport.
+A task is started only for work that must await (hello's account checks, place/remove);
+frames that arrive meanwhile wait in a small backlog so each client's messages keep their
+order. Hello timeouts, close timeouts and keepalive pings are the `Listener`'s one sweep.
+
+This is the one place that maps exceptions to what the client sees:
+ClientError -> `error` reply (and a charge on the abuse bucket; empty -> 4008);
+CloseConnection -> optional `error`, then its close code; StoreError -> `busy`;
+anything else -> 1011, logged with its traceback, and only this connection is affected.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from server.errors import (BUSY, INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
+                           CloseConnection)
+from server.protocol import Hello, ProtocolError, encode, parse
+from server.shard import message_type
+from worldstate.records import StoreError
+
+log = logging.getLogger("worldsmith.connection")
+
+SUBPROTOCOL = "world.v1"
+_SUBPROTOCOLS = [SUBPROTOCOL]
+# Frames held while an awaiting job runs; past this the socket stops being read, as
+# websockets' own max_queue would (the client's sends then back up in TCP).
+BACKLOG_LIMIT = 16
+
+_DATA = (Opcode.TEXT, Opcode.BINARY)
+
+
+class ShardConnection(asyncio.Protocol):
+    """One socket on the shard's port: plain HTTP, or a WebSocket player at /ws."""
+
+    __slots__ = ("listener", "transport", "protocol", "session", "task", "backlog", "parts",
+                 "closing", "counted", "heard", "pinged")
+
+    def __init__(self, listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.protocol = ServerProtocol(subprotocols=_SUBPROTOCOLS, max_size=listener.max_frame,
+                                       logger=listener.ws_logger)
+        self.session = None        # set once hello is admitted
+        self.task: asyncio.Task | None = None  # the awaiting job in progress, if any
+        self.backlog: collections.deque | None = None  # frames waiting on that job
+        self.parts: list[bytes] | None = None  # a fragmented message being assembled
+        self.closing = False       # no more frames are handled once set
+        self.counted = False       # counted in shard.connections (an accepted upgrade)
+        self.heard = True          # data since the last keepalive sweep
+        self.pinged = False        # a keepalive ping is unanswered
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        """Register with the listener (for its sweep and for shutdown)."""
+        self.transport = transport
+        self.listener.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the bytes to the WebSocket core and handle every event they complete."""
+        self.heard = True
+        self.protocol.receive_data(data)
+        self._handle_events()
+        self.flush()
+
+    def eof_received(self) -> None:
+        """The client half-closed: let the core finish, then the transport closes."""
+        self.protocol.receive_eof()
+        self.flush()
+
+    def connection_lost(self, exc) -> None:
+        """The socket is gone: the player leaves the world (unless replaced) at once."""
+        self.closing = True
+        self._leave()
+        self.listener.forget(self)
+        if self.counted:
+            self.counted = False
+            self.listener.shard.connections -= 1
+
+    # -- output ---------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write what the WebSocket core has to send; its end-of-stream closes the socket."""
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:  # a server closes TCP once the closing handshake is done (RFC 6455 7.1.1)
+                self.transport.close()
+
+    def close_with(self, exc: CloseConnection) -> None:
+        """Send the error (if any) and start the closing handshake with the exception's code.
+
+        The player leaves the world first: others must not wait on this client's close.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        self._leave()
+        self.listener.waiting.pop(self, None)
+        proto = self.protocol
+        if proto.state is not State.OPEN:
+            if proto.state is State.CONNECTING:  # still plain HTTP: nothing to say
+                self.transport.close()
+            return
+        metrics = self.listener.shard.metrics
+        if exc.error is not None:
+            metrics.errors.inc(exc.error.code)
+            metrics.messages_out.inc("error")
+            proto.send_text(encode(exc.error.reply()))
+        metrics.closes.inc(str(exc.close_code))
+        proto.send_close(exc.close_code, exc.reason)
+        self.flush()
+        self.listener.closing_since(self)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close with `code` (e.g. 4002 when a newer connection replaced this one)."""
+        self.close_with(CloseConnection(code, reason))
+
+    def ping(self) -> None:
+        """Send a keepalive ping (the listener's sweep decides when)."""
+        if self.protocol.state is State.OPEN and not self.closing:
+            self.protocol.send_ping(b"")
+            self.flush()
+
+    # -- input ----------------------------------------------------------------------
+    def _handle_events(self) -> None:
+        for event in self.protocol.events_received():
+            if self.closing:
+                return
+            opcode = getattr(event, "opcode", None)
+            if opcode is None:
+                self._request(event)
+            elif opcode in _DATA:
+                if event.fin:
+                    self._message(event.data, opcode)
+                else:
+                    self.parts = [opcode, event.data]
+            elif opcode is Opcode.CONT:
+                self.parts.append(event.data)  # the core refuses a CONT without a start
+                if event.fin:
+                    parts, self.parts = self.parts, None
+                    self._message(b"".join(parts[1:]), parts[0])
+            elif opcode is Opcode.CLOSE:
+                # The core answered the close; the player leaves now, not when TCP ends.
+                self.closing = True
+                self._leave()
+        if self.protocol.parser_exc is not None and not self.closing:
+            # The core failed the connection (1009 over max_frame, bad framing): it has
+            # queued its close; the player leaves at once.
+            self.closing = True
+            self._leave()
+            if self.protocol.close_sent is not None:
+                self.listener.shard.metrics.closes.inc(str(self.protocol.close_sent.code))
+
+    def _request(self, request) -> None:
+        """The opening HTTP request: a plain page, a refusal, or the WebSocket upgrade."""
+        listener = self.listener
+        response = listener.routes(self, request)
+        if response is None:
+            response = self.protocol.accept(request)
+            if response.status_code == 101:
+                # Counted from here until the socket is gone, whatever happens in between.
+                self.counted = True
+                listener.shard.connections += 1
+                listener.hello_due(self)
+        self.protocol.send_response(response)
+
+    def _message(self, data: bytes, opcode: Opcode) -> None:
+        """One complete client message: handled now, or queued behind an awaiting job."""
+        if opcode is Opcode.TEXT:
+            try:
+                data = data.decode()
+            except UnicodeDecodeError as exc:  # RFC 6455 8.1: fail the connection, 1007
+                self.protocol.fail(1007, f"{exc.reason} at position {exc.start}")
+                self.closing = True
+                self._leave()
+                return
+        # Binary frames stay bytes: parsing answers them with bad_json.
+        if self.task is not None or self.backlog:
+            if self.backlog is None:
+                self.backlog = collections.deque()
+            self.backlog.append(data)
+            if len(self.backlog) >= BACKLOG_LIMIT:
+                self.transport.pause_reading()
+            return
+        try:
+            if self.session is None:
+                self._hello(data)
+            else:
+                self._play(data)
+        except BaseException as exc:  # noqa: BLE001 - mapped to a reply or a close
+            self._failed(exc, None)
+
+    def _hello(self, data: str | bytes) -> None:
+        """Before the hello is admitted: a valid hello starts admission; anything else 4000."""
+        shard = self.listener.shard
+        shard.metrics.bytes_in.inc("hello", by=len(data))
+        try:
+            msg = _parse(shard, data)
+        except ProtocolError as exc:
+            if exc.kind == "hello":  # a malformed hello: say why and let the client try again
+                shard.metrics.errors.inc(exc.code)
+                self.protocol.send_text(encode(exc.reply()))
+                return
+            raise CloseConnection(PROTOCOL_VIOLATION, "hello must be the first message", exc) from None
+        if not isinstance(msg, Hello):
+            raise CloseConnection(PROTOCOL_VIOLATION, "hello must be the first message",
+                                  ClientError(INVALID, "hello must be the first message",
+                                              field="t", re=msg.id))
+        shard.metrics.messages_in.inc("hello")
+        self.listener.waiting.pop(self, None)  # the hello timeout no longer applies
+        self._start(self._admit(msg), msg.id)
+
+    async def _admit(self, hello: Hello) -> None:
+        shard = self.listener.shard
+        try:
+            session = await shard.admit(self, hello)
+        except StoreError:
+            # Accounts can't be checked: say so (the client may retry) rather than 1011 alone.
+            log.exception("database error while admitting a player")
+            raise CloseConnection(INTERNAL_ERROR, "database unavailable",
+                                  ClientError(BUSY, "the database is unavailable; try again",
+                                              re=hello.id)) from None
+        self.session = session
+        if self.closing:  # the socket went while admission awaited
+            self._leave()
+
+    def _play(self, data: str | bytes) -> None:
+        """A message from an admitted player: parse, count, and dispatch."""
+        session = self.session
+        if session.conn is not self:
+            return  # replaced: discard until the 4002 close completes
+        shard = self.listener.shard
+        metrics = shard.metrics
+        try:
+            msg = _parse(shard, data)
+        except ProtocolError:
+            metrics.messages_in.inc("invalid")
+            metrics.bytes_in.inc("invalid", by=len(data))
+            raise
+        kind = message_type(msg)
+        metrics.messages_in.inc(kind)
+        metrics.bytes_in.inc(kind, by=len(data))
+        try:
+            job = shard.handle(session, msg)
+        except (ClientError, StoreError) as exc:
+            self._failed(exc, msg.id, kind)
+            return
+        if job is not None:
+            self._start(job, msg.id, kind)
+
+    # -- awaiting jobs ----------------------------------------------------------------
+    def _start(self, job, msg_id, kind: str = "hello") -> None:
+        self.task = self.listener.spawn(self._run(job, msg_id, kind))
+
+    async def _run(self, job, msg_id, kind: str) -> None:
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - mapped to a reply or a close
+            self._failed(exc, msg_id, kind)
+        finally:
+            self.task = None
+        self.flush()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle the frames that waited on the job, until the next job or the end."""
+        backlog = self.backlog
+        while backlog and self.task is None and not self.closing:
+            data = backlog.popleft()
+            try:
+                if self.session is None:
+                    self._hello(data)
+                else:
+                    self._play(data)
+            except BaseException as exc:  # noqa: BLE001 - mapped to a reply or a close
+                self._failed(exc, None)
+        if not backlog:
+            self.backlog = None
+            if not self.closing and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+        self.flush()
+
+    # -- the one exception ladder ---------------------------------------------------------
+    def _failed(self, exc: BaseException, msg_id, kind: str | None = None) -> None:
+        """Map an exception from handling a message to a reply or a close code."""
+        session = self.session
+        if isinstance(exc, StoreError):
+            # The database refused or failed: the message changed nothing; say so.
+            log.error("database error while handling %s from %s", kind, session and session.pid,
+                      exc_info=exc)
+            exc = ClientError(BUSY, "the database is unavailable; try again", re=msg_id)
+        if isinstance(exc, ClientError):
+            if exc.re is None:  # raised where the id is unknown (e.g. the MQTT relay)
+                exc.re = msg_id
+            if session is None:
+                exc = CloseConnection(PROTOCOL_VIOLATION, "hello must be the first message", exc)
+            else:
+                session.conn is self and self.listener.shard.reply_error(session, exc)
+                if session.limits.abuse.take():
+                    return
+                exc = Abuse()
+        if isinstance(exc, CloseConnection):
+            self.close_with(exc)
+            return
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        log.error("closing %s after an unexpected error", session.pid if session else "a client",
+                  exc_info=exc)
+        self.close_with(CloseConnection(INTERNAL_ERROR, "internal error"))
+
+    def _leave(self) -> None:
+        if self.session is not None:
+            self.listener.shard.leave(self.session, self)
+
+
+def _parse(shard, frame: bytes):
+    s = shard.settings
+    return parse(frame, max_chat=s.max_chat, name_pattern=s.name_pattern)

@@ -1,0 +1,111 @@
+"""The lean connection layer (server.wsconn, server.listener): no task per idle player,
+message order across awaiting jobs, fragmented messages, keepalive, invalid UTF-8."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+from tests.server.wire import WAIT_S, SUBPROTOCOL, close_all, join, unique_name
+
+
+async def test_idle_players_cost_no_task_and_no_instance_dict(shard):
+    """Twenty welcomed, silent players add no asyncio task, and each connection object has slots only."""
+    players = [await join(shard.ws_url) for _ in range(20)]
+    # The test's clients run tasks of their own, so look only at the shard's side.
+    listener = shard.listener
+    assert len(listener.conns) == 20 and not listener._tasks and not listener.waiting
+    server_tasks = [t for t in asyncio.all_tasks() if "wsconn" in repr(t.get_coro())]
+    assert server_tasks == []
+    conn = next(iter(listener.conns))
+    assert not hasattr(conn, "__dict__")
+    await close_all(*players)
+
+
+async def test_messages_after_an_awaiting_place_keep_their_order(shard):
+    """Two places then a ping sent back to back: the pong comes only after both objects exist."""
+    w = await join(shard.ws_url)
+    name = w.welcome["name"]
+    await w.send({"t": "place", "shape": "box", "x": 1.0, "y": 0.0, "z": 1.0, "label": "a1"})
+    await w.send({"t": "place", "shape": "box", "x": 2.0, "y": 0.0, "z": 2.0, "label": "a2"})
+    await w.send({"t": "ping", "ct": "after"})
+    await w.recv_until(lambda m: m.get("t") == "pong" and m.get("ct") == "after")
+    labels = {(e.props or {}).get("label") for e in shard.world.entities()
+              if e.kind == "object" and (e.props or {}).get("owner") == name}
+    assert {"a1", "a2"} <= labels
+    await close_all(w)
+
+
+async def test_a_fragmented_hello_is_assembled(shard):
+    """A hello split over three WebSocket fragments is welcomed like a whole one."""
+    from websockets.asyncio.client import connect
+
+    import orjson
+    async with connect(shard.ws_url, subprotocols=[SUBPROTOCOL], proxy=None) as ws:
+        text = orjson.dumps({"t": "hello", "v": 1, "name": unique_name("frag")}).decode()
+        await ws.send([text[:5], text[5:12], text[12:]])
+        welcome = orjson.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+        assert welcome["t"] == "welcome"
+
+
+async def _raw_upgrade(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-made WebSocket handshake on a raw socket (a client that never answers pings)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+def _masked_text(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One client frame (FIN set, masked), payload under 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_keepalive_pings_the_silent_then_closes_1011(shard):
+    """The sweep pings a client silent for one round and closes it 1011 when it stays silent, while a ponging client stays."""
+    listener = shard.listener
+    alive = await join(shard.ws_url)  # websockets' client answers pings
+    reader, writer = await _raw_upgrade(shard.port)
+    listener._keepalive()  # both were heard (handshake, hello): marks reset
+    listener._keepalive()  # silent since: each gets a ping
+    ping = await asyncio.wait_for(reader.readexactly(2), WAIT_S)
+    assert ping == b"\x89\x00"  # the raw client never answers it
+    await alive.send({"t": "ping", "ct": 1})  # barrier: alive's pong to the shard came before this
+    await alive.recv_until(lambda m: m.get("t") == "pong")
+    listener._keepalive()
+    close = await asyncio.wait_for(reader.readexactly(4), WAIT_S)
+    assert close[0] == 0x88 and close[2:4] == (1011).to_bytes(2, "big")
+    await alive.send({"t": "ping", "ct": 2})
+    assert (await alive.recv_until(lambda m: m.get("t") == "pong"))["ct"] == 2
+    writer.close()
+    await close_all(alive)
+
+
+async def test_invalid_utf8_text_closes_1007_and_others_continue(shard):
+    """A text frame that is not UTF-8 fails that connection with 1007; another player is unaffected."""
+    other = await join(shard.ws_url)
+    reader, writer = await _raw_upgrade(shard.port)
+    writer.write(_masked_text(b'{"t":"hello","v":1,"name":"\xff"}'))
+    close = await asyncio.wait_for(reader.readexactly(4), WAIT_S)
+    assert close[0] == 0x88 and close[2:4] == (1007).to_bytes(2, "big")
+    assert await asyncio.wait_for(reader.read(), WAIT_S) is not None  # the shard ends the socket
+    await other.send({"t": "ping", "ct": 3})
+    assert (await other.recv_until(lambda m: m.get("t") == "pong"))["ct"] == 3
+    writer.close()
+    await close_all(other)
+
+
+async def test_shutdown_closes_every_player_1001_and_leaves_nobody_online(start_shard):
+    """Shutting down while players are online closes each 1001 and leaves nobody in the world."""
+    async with start_shard() as shard:
+        players = [await join(shard.ws_url) for _ in range(3)]
+        listener = shard.listener
+    codes = [await p.closed() for p in players]
+    assert all(code == 1001 for code, _ in codes)
+    assert not shard.sessions.online and not listener.conns
