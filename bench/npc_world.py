@@ -1,0 +1,210 @@
+"""NPCs under load in the world (issue 4): bots talking to the village's NPCs while others move.
+
+    .venv/bin/python bench/npc_world.py                      # 16 talkers, 200 movers, 60 s
+    .venv/bin/python bench/npc_world.py --talkers 4 --movers 50 --duration 20   # a quick run
+
+Starts `python -m server` on the bundled village with the default model in-process, waits
+for the NPC engine, then runs two groups of clients at once:
+- talkers (this process): each walks to one of the village's NPCs at the speed limit and
+  asks it a question every `--line-every` seconds (random phase), measuring the time to
+  the first `npc_token` (TTFT), the gaps between tokens (ITL), and that every `npc_start`
+  ends with exactly one `npc_end`;
+- movers (`python -m clients.bots --scenario move`, a subprocess): random walks at 10 Hz,
+  reporting their own-move ack latency, so the cost of the engine to the shard shows.
+Targets (issue 4): TTFT p50 <= 400 ms and p99 <= 1.5 s; ITL p99 <= 300 ms; every start
+ends; movers' ack p99 <= 150 ms. Prints a table and a final JSON line. Loopback only.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # before bench/, whose worldstate.py would shadow the package
+
+import orjson  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+from worldstate.config import default_world  # noqa: E402
+
+WS_URL = re.compile(r"WebSocket (ws://[^\s;]+)")
+QUESTIONS = ["Where is the inn?", "What do you sell?", "How do I get to the mill?", "Hello! Who are you?",
+             "What news do you have?", "Where is the market?", "Have you seen anything strange?"]
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    """The q-quantile of xs in milliseconds (nearest rank), or None when empty."""
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(1000 * xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))], 1)
+
+
+class Talker:
+    """One player who walks to an NPC and keeps asking it questions."""
+
+    def __init__(self, name: str, npc: dict, speed: float, stats: dict) -> None:
+        self.name, self.npc, self.speed, self.stats = name, npc, speed, stats
+        self.seq = 0
+
+    async def run(self, url: str, until: float, line_every: float, rng: random.Random) -> None:
+        async with connect(url, subprotocols=["world.v1"], max_size=None) as ws:
+            await ws.send(orjson.dumps({"t": "hello", "v": 1, "name": self.name}).decode())
+            welcome = orjson.loads(await ws.recv())
+            me = next(e for e in orjson.loads(await ws.recv())["enter"] if e["id"] == welcome["you"])
+            await self._walk(ws, welcome["you"], (me["x"], me["z"]))
+            reader = asyncio.create_task(self._read(ws))
+            await asyncio.sleep(rng.uniform(0, line_every))
+            try:
+                while time.monotonic() < until:
+                    if self.stats["open"].get(self.name) is None:
+                        self._ask(ws, rng)
+                        await ws.send(orjson.dumps(self.pending).decode())
+                    else:
+                        self.stats["skipped"] += 1
+                    await asyncio.sleep(line_every)
+                deadline = time.monotonic() + 30  # let answers in flight finish
+                while self.stats["open"].get(self.name) is not None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+            finally:
+                reader.cancel()
+
+    def _ask(self, ws, rng: random.Random) -> None:
+        self.pending = {"t": "chat", "text": rng.choice(QUESTIONS), "to": f"n:{self.npc['id']}", "id": "q"}
+        self.stats["open"][self.name] = {"sent": time.monotonic(), "reply": None, "last": None}
+        self.stats["asked"] += 1
+
+    async def _walk(self, ws, you: str, pos: tuple[float, float]) -> None:
+        """Walk at 90% of the speed limit to a spot 2-4 m from the NPC, one move per 100 ms."""
+        angle = random.uniform(0, 2 * math.pi)
+        tx = self.npc["x"] + 3 * math.cos(angle)
+        tz = self.npc["z"] + 3 * math.sin(angle)
+        x, z = pos
+        while math.hypot(tx - x, tz - z) > 0.05:
+            step = min(0.09 * self.speed, math.hypot(tx - x, tz - z))
+            d = math.hypot(tx - x, tz - z)
+            x, z = x + (tx - x) / d * step, z + (tz - z) / d * step
+            self.seq += 1
+            await ws.send(orjson.dumps({"t": "move", "seq": self.seq, "x": x, "y": 0, "z": z, "yaw": 0}).decode())
+            await asyncio.sleep(0.1)
+
+    async def _read(self, ws) -> None:
+        async for raw in ws:
+            msg = orjson.loads(raw)
+            t = msg.get("t")
+            ask = self.stats["open"].get(self.name)
+            now = time.monotonic()
+            if t == "npc_start" and msg.get("re") == "q" and ask is not None:
+                ask["reply"] = msg["reply"]
+                self.stats["starts"] += 1
+            elif ask is None or msg.get("reply") != ask["reply"]:
+                if t == "error" and msg.get("re") == "q":
+                    self.stats["errors"][msg["code"]] = self.stats["errors"].get(msg["code"], 0) + 1
+                    self.stats["open"][self.name] = None
+                continue
+            elif t == "npc_token":
+                if ask["last"] is None:
+                    self.stats["ttft"].append(now - ask["sent"])
+                else:
+                    self.stats["itl"].append(now - ask["last"])
+                ask["last"] = now
+            elif t == "npc_end":
+                self.stats["ends"][msg["reason"]] = self.stats["ends"].get(msg["reason"], 0) + 1
+                self.stats["tokens"].append(msg["tokens"])
+                self.stats["open"][self.name] = None
+
+
+def start_shard(args, db: str) -> tuple[subprocess.Popen, str]:
+    """The shard as a subprocess; returns it and its WebSocket URL once NPCs can answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDSMITH_")}
+    cmd = [sys.executable, "-m", "server", "--port", "0", "--db", db, "--npc-model", args.model,
+           "--npc-threads", str(args.npc_threads), "--log-level", "INFO"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    url, ready = None, False
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        url = url or (m.group(1) if (m := WS_URL.search(line)) else None)
+        if "NPC engine ready" in line:
+            ready = True
+        if url and ready:
+            return proc, url
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError("the shard did not become ready with its NPC engine")
+
+
+async def run(args) -> dict:
+    world = default_world()
+    npcs = list(world.npcs)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_shard(args, f"sqlite:///{tmp}/bench.db")
+        try:
+            movers = subprocess.Popen(
+                [sys.executable, "-m", "clients.bots", url, "-n", str(args.movers), "--scenario", "move",
+                 "--duration", str(args.duration), "--json", f"{tmp}/movers.json", "--quiet",
+                 "--name-prefix", "mover"], cwd=ROOT, stdout=subprocess.DEVNULL)
+            stats = {"open": {}, "asked": 0, "starts": 0, "ends": {}, "ttft": [], "itl": [], "tokens": [],
+                     "skipped": 0, "errors": {}}
+            rng = random.Random(args.seed)
+            until = time.monotonic() + args.duration
+            talkers = [Talker(f"talker{i}", npcs[i % len(npcs)], world.speed, stats) for i in range(args.talkers)]
+            await asyncio.gather(*(t.run(url, until, args.line_every, random.Random(rng.random()))
+                                   for t in talkers))
+            movers.wait(timeout=args.duration + 120)
+            mover_report = json.load(open(f"{tmp}/movers.json"))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    ends = sum(stats["ends"].values())
+    return {
+        "talkers": args.talkers, "movers": args.movers, "duration_s": args.duration,
+        "asked": stats["asked"], "npc_starts": stats["starts"], "npc_ends": ends, "end_reasons": stats["ends"],
+        "every_start_ended": ends == stats["starts"], "errors": stats["errors"], "skipped_in_flight": stats["skipped"],
+        "ttft_p50_ms": pct(stats["ttft"], 0.5), "ttft_p99_ms": pct(stats["ttft"], 0.99),
+        "itl_p50_ms": pct(stats["itl"], 0.5), "itl_p99_ms": pct(stats["itl"], 0.99),
+        "mean_tokens": round(statistics.mean(stats["tokens"]), 1) if stats["tokens"] else None,
+        "movers_ack_p50_ms": mover_report["ack_ms"]["p50"], "movers_ack_p99_ms": mover_report["ack_ms"]["p99"],
+        "movers_connected": mover_report["connections"]["made"], "movers_warnings": mover_report["warnings"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--talkers", type=int, default=16, help="bots talking to NPCs")
+    ap.add_argument("--movers", type=int, default=200, help="bots walking about")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of talking after the walk to the NPCs")
+    ap.add_argument("--line-every", type=float, default=10.0, help="seconds between a talker's lines")
+    ap.add_argument("--model", default="default", help="--npc-model for the shard")
+    ap.add_argument("--npc-threads", type=int, default=0, help="--npc-threads for the shard (0: PyTorch's default)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", default=None, help="also write the report here")
+    args = ap.parse_args()
+    r = asyncio.run(run(args))
+    targets = {"ttft_p50_ms": 400, "ttft_p99_ms": 1500, "itl_p99_ms": 300, "movers_ack_p99_ms": 150}
+    for key in ("asked", "npc_starts", "npc_ends", "end_reasons", "skipped_in_flight", "mean_tokens",
+                "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "movers_ack_p50_ms", "movers_ack_p99_ms"):
+        mark = ""
+        if key in targets and r[key] is not None:
+            mark = f"  (target <= {targets[key]}: {'met' if r[key] <= targets[key] else 'MISSED'})"
+        print(f"{key:<20} {r[key]}{mark}")
+    print(f"{'every start ended':<20} {r['every_start_ended']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
