@@ -15,6 +15,7 @@ llama.cpp is not included: `llama-cpp-python` ships no binary wheel on PyPI, and
 it takes far longer than the benchmark on this machine.
 
     .venv/bin/python bench/npc.py [--quick] [--model PATH] [--dtype fp32|bf16] [--no-baselines]
+    .venv/bin/python bench/npc.py --model-steps     # the model alone: fp32 vs bf16 vs int8
 
 Prints a table, then one JSON object as its last line.
 """
@@ -230,6 +231,55 @@ def note(phase: str, figures: dict) -> None:
     print(f"[bench] {phase}: {json.dumps(shown)}", file=sys.stderr, flush=True)
 
 
+# -- the model alone: dtype and int8 per decode step ---------------------------------------
+class CachedRows:
+    """Attention context for a decode step of M sequences, each with `length` cached keys
+    (random: only the cost is measured here). q (M, H, D) -> (M, H, D)."""
+
+    def __init__(self, cfg, m: int, length: int, dtype: torch.dtype) -> None:
+        self.kv = [torch.randn(m, cfg.num_kv_heads, length, cfg.head_dim, dtype=dtype)
+                   for _ in range(cfg.num_layers)]
+
+    def attend(self, layer, q, k, v):
+        kv = self.kv[layer]  # (M, Hkv, L, D)
+        out = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), kv, kv, enable_gqa=True)
+        return out.squeeze(2)
+
+
+def model_steps(path: Path, rounds: int = 4) -> dict:
+    """Wall ms per decode step (batch 1 and 32, 300-token context) for fp32, bf16 and
+    weight-only int8, best of interleaved rounds; plus each one's logits against fp32."""
+    from npc.engine.model import DenseContext
+    from npc.engine.quant import quantize_int8
+
+    # Each variant loaded on its own (copies of one model timed erratically here).
+    fp32, tok = load_model(path, device="cpu", dtype=torch.float32)
+    variants = {"fp32": fp32, "bf16": load_model(path, device="cpu", dtype=torch.bfloat16)[0],
+                "int8": quantize_int8(load_model(path, device="cpu", dtype=torch.float32)[0])}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for m in (1, 32):
+                for name, model in variants.items():
+                    ctx = CachedRows(model.cfg, m, 300, dtypes[name])
+                    ids, pos = torch.randint(0, model.cfg.vocab_size, (m,)), torch.full((m,), 300)
+                    model.logits(model(ids, pos, ctx))  # warm
+                    t = time.perf_counter()
+                    for _ in range(3):
+                        model.logits(model(ids, pos, ctx)).argmax(-1)
+                    key = f"{name}_b{m}_ms"
+                    best[key] = min(best.get(key, 1e9), (time.perf_counter() - t) / 3 * 1e3)
+        ids = tok.render_chat(conversation(0))
+        x, p = torch.tensor(ids), torch.arange(len(ids))
+        ref = fp32.logits(fp32(x, p, DenseContext()))
+        for name in ("bf16", "int8"):
+            got = variants[name].logits(variants[name](x, p, DenseContext()))
+            best[f"{name}_mean_abs_dlogit"] = (got - ref).abs().mean().item()
+            best[f"{name}_top1_agree"] = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and the JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -239,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run in a minute or two")
     ap.add_argument("--no-baselines", action="store_true", help="skip the transformers baselines")
+    ap.add_argument("--model-steps", action="store_true",
+                    help="only time the model's decode step in fp32, bf16 and int8 (batch 1 and 32)")
     args = ap.parse_args(argv)
     args.n, args.spread, args.background, args.probes = (8, 0.4, 4, 3) if args.quick else (32, 1.5, 16, 8)
     static_batch, seq_requests = (8, 1) if args.quick else (32, 3)
@@ -246,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     path = Path(args.model) if args.model else default_model_path()
+    if args.model_steps:
+        steps = model_steps(path)
+        for key, value in steps.items():
+            print(f"{key:<24} {value:.3f}")
+        print(json.dumps({k: round(v, 4) for k, v in steps.items()}))
+        return 0
     device = torch.device(args.device)
     t = time.perf_counter()
     model, tok = load_model(path, device=device, dtype=None if args.dtype == "auto" else args.dtype)

@@ -1,10 +1,10 @@
 """`load_model(path)`: a GGUF file or a Hugging Face directory -> (Transformer, Tokenizer).
 
 Device and dtype: `device="auto"` takes CUDA when present, else the CPU. With `dtype=None`
-each device gets what measured fastest: bf16 on CUDA; fp32 on CPU. On the 2-core
-reference CPU (AVX-512 with bf16 dot products, no AMX) a whole decode step of the default
-model cost 61 ms of CPU in fp32 and 65 ms in bf16 at batch 1, 210 vs 395 ms at batch 32
-(docs/benchmarks.md, "NPC model"), and bf16 also moves the logits away from the reference.
+each device gets what measured fastest for serving: bf16 on CUDA; fp32 on CPU. On the
+2-core reference CPU (AVX-512 with bf16 dot products, no AMX) a decode step of the default
+model at batch 32 took 130 ms in fp32 and 227 ms in bf16; bf16 wins only for a lone
+stream (37 vs 53 ms) and moves the logits (docs/benchmarks.md, "NPC model side").
 """
 from __future__ import annotations
 
