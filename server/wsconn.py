@@ -20,7 +20,8 @@ import logging
 
 from websockets.datastructures import Headers
 from websockets.frames import Opcode
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.streams import StreamReader
 from websockets.server import ServerProtocol
 
 from server.errors import (BUSY, INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
@@ -178,6 +179,8 @@ class ShardConnection(asyncio.Protocol):
         # as long as the socket lives: drop its headers, ~2.8 KB per idle player. Nothing
         # reads them once the response is sent.
         request.headers = _NO_HEADERS
+        if response.status_code == 101:
+            _restart_frame_parser(self.protocol)
 
     def _message(self, data: bytes, opcode: Opcode) -> None:
         """One complete client message: handled now, or queued behind an awaiting job."""
@@ -328,6 +331,25 @@ class ShardConnection(asyncio.Protocol):
     def _leave(self) -> None:
         if self.session is not None:
             self.listener.shard.leave(self.session, self)
+
+
+def _restart_frame_parser(proto: ServerProtocol) -> None:
+    """Give the core a fresh frame parser once the handshake is done, when that is exact.
+
+    The handshake parser is a generator that stays suspended in the frame parser for the
+    socket's life, holding the request and its own frames (~0.6 KB per idle player). A new
+    `Protocol.parse` generator is the same state when the old one waits at a frame boundary
+    with nothing buffered, which is the case unless the client sent frames before the 101.
+    """
+    frames = proto.parser.gi_yieldfrom  # ServerProtocol.parse -> Protocol.parse
+    waiting = frames.gi_yieldfrom if frames is not None else None
+    if proto.reader.buffer or waiting is None or waiting.gi_code is not _AT_EOF:
+        return
+    proto.parser = Protocol.parse(proto)
+    next(proto.parser)  # runs to its wait for the first frame, as the old one was
+
+
+_AT_EOF = StreamReader.at_eof.__code__
 
 
 def _parse(shard, frame: bytes):

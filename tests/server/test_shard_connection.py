@@ -109,3 +109,38 @@ async def test_shutdown_closes_every_player_1001_and_leaves_nobody_online(start_
     codes = [await p.closed() for p in players]
     assert all(code == 1001 for code, _ in codes)
     assert not shard.sessions.online and not listener.conns
+
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    b0, b1 = await asyncio.wait_for(reader.readexactly(2), WAIT_S)
+    n = b1 & 0x7F
+    if n >= 126:
+        n = int.from_bytes(await reader.readexactly(2 if n == 126 else 8), "big")
+    return b0 & 0x0F, await asyncio.wait_for(reader.readexactly(n), WAIT_S)
+
+
+async def test_frames_sent_with_the_upgrade_request_are_handled_in_order(shard):
+    """A hello pipelined with the upgrade request, then a ping cut mid-frame, get welcome then pong."""
+    import orjson
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", shard.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    hello = _masked_text(orjson.dumps({"t": "hello", "v": 1, "name": unique_name("pipe")}))
+    ping = _masked_text(orjson.dumps({"t": "ping", "ct": 7}))
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n").encode() + hello + ping[:3])
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    opcode, payload = await _read_frame(reader)
+    assert opcode == 0x1 and orjson.loads(payload)["t"] == "welcome"
+    writer.write(ping[3:])
+    while True:
+        opcode, payload = await _read_frame(reader)
+        msg = orjson.loads(payload)
+        if msg["t"] == "pong":
+            break
+    assert msg["ct"] == 7
+    writer.close()
