@@ -126,15 +126,22 @@ async def test_high_loop_lag_is_flagged_as_bots_bottleneck(tmp_path, world_file)
     async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
         settings = quick(shard.ws_url, scenario="idle", bots=2, duration=0.6, lag_warn_ms=0.001)
 
+        stop = asyncio.Event()
+
         async def hog():
-            # Block the bots' loop on purpose, as an overloaded bot process would.
-            await asyncio.sleep(0.2)
+            # Block the bots' loop on purpose, as an overloaded bot process would: again and
+            # again, so the blocks fall inside the measured window however long the ramp takes.
             import time
-            time.sleep(0.05)
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+                time.sleep(0.05)
 
         hogger = asyncio.create_task(hog())
-        r = await run_bots(settings)
-        await hogger
+        try:
+            r = await run_bots(settings)
+        finally:
+            stop.set()
+            await hogger
     assert r["bottleneck"] is True
     assert any("BOTS ARE THE BOTTLENECK" in w for w in r["warnings"])
     assert r["loop_lag_ms"]["max"] >= 1.0
