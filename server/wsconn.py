@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import uuid
 
 from websockets.datastructures import Headers
 from websockets.frames import Opcode
@@ -226,6 +227,7 @@ class ShardConnection(asyncio.Protocol):
                                               field="t", re=msg.id))
         shard.metrics.messages_in.inc("hello")
         self.listener.waiting.pop(self, None)  # the hello timeout no longer applies
+        _restart_frame_parser(self.protocol)  # frees the hello frame (an idle player's last)
         self._start(self._admit(msg), msg.id)
 
     async def _admit(self, hello: Hello) -> None:
@@ -334,22 +336,31 @@ class ShardConnection(asyncio.Protocol):
 
 
 def _restart_frame_parser(proto: ServerProtocol) -> None:
-    """Give the core a fresh frame parser once the handshake is done, when that is exact.
+    """Give the core a fresh frame parser, when that is exact, to free what the old one holds.
 
-    The handshake parser is a generator that stays suspended in the frame parser for the
-    socket's life, holding the request and its own frames (~0.6 KB per idle player). A new
-    `Protocol.parse` generator is the same state when the old one waits at a frame boundary
-    with nothing buffered, which is the case unless the client sent frames before the 101.
+    The parser is a generator suspended for the socket's life. After the handshake it still
+    holds the request (a local of the handshake step), and after any frame that frame and
+    its payload (~0.8 KB per idle player in all). A new `Protocol.parse` generator is the
+    same state whenever the old one waits at a frame boundary with nothing buffered; when
+    it doesn't (the client sent more already), the old one is kept.
     """
-    frames = proto.parser.gi_yieldfrom  # ServerProtocol.parse -> Protocol.parse
-    waiting = frames.gi_yieldfrom if frames is not None else None
-    if proto.reader.buffer or waiting is None or waiting.gi_code is not _AT_EOF:
+    frames = proto.parser
+    if frames.gi_code is _SERVER_PARSE:  # the handshake step delegating to the frame loop
+        frames = frames.gi_yieldfrom
+    if frames is None or frames.gi_code is not _FRAME_PARSE or proto.reader.buffer:
         return
+    waiting = frames.gi_yieldfrom
+    if waiting is None or waiting.gi_code is not _AT_EOF:
+        return  # mid-frame
     proto.parser = Protocol.parse(proto)
-    next(proto.parser)  # runs to its wait for the first frame, as the old one was
+    next(proto.parser)  # runs to its wait for the next frame, as the old one was
+    proto.id = _NO_ID  # a fresh uuid per connection, read only by websockets' debug logs
 
 
+_SERVER_PARSE = ServerProtocol.parse.__code__
+_FRAME_PARSE = Protocol.parse.__code__
 _AT_EOF = StreamReader.at_eof.__code__
+_NO_ID = uuid.UUID(int=0)
 
 
 def _parse(shard, frame: bytes):
