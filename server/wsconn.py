@@ -57,7 +57,7 @@ class ShardConnection(asyncio.Protocol):
         self.session = None        # set once hello is admitted
         self.task: asyncio.Task | None = None  # the awaiting job in progress, if any
         self.backlog: collections.deque | None = None  # frames waiting on that job
-        self.parts: list[bytes] | None = None  # a fragmented message being assembled
+        self.parts: list | None = None  # a fragmented message: [opcode, data, data...]
         self.closing = False       # no more frames are handled once set
         self.counted = False       # counted in shard.connections (an accepted upgrade)
         self.heard = True          # data since the last keepalive sweep
@@ -73,7 +73,14 @@ class ShardConnection(asyncio.Protocol):
         """Feed the bytes to the WebSocket core and handle every event they complete."""
         self.heard = True
         self.protocol.receive_data(data)
-        self._handle_events()
+        try:
+            self._handle_events()
+        except Exception:  # a bug in a route or the layer: this socket only, never the loop
+            log.exception("closing a connection after an unexpected error")
+            if self.protocol.state is State.CONNECTING:
+                self.protocol.send_response(self.protocol.reject(500, "internal error\n"))
+            else:
+                self.close_with(CloseConnection(INTERNAL_ERROR, "internal error"))
         self.flush()
 
     def eof_received(self) -> None:
@@ -317,7 +324,8 @@ class ShardConnection(asyncio.Protocol):
             if session is None:
                 exc = CloseConnection(PROTOCOL_VIOLATION, "hello must be the first message", exc)
             else:
-                session.conn is self and self.listener.shard.reply_error(session, exc)
+                if session.conn is self:  # a replaced connection's client is told nothing
+                    self.listener.shard.reply_error(session, exc)
                 if session.limits.abuse.take():
                     return
                 exc = Abuse()

@@ -144,3 +144,45 @@ async def test_frames_sent_with_the_upgrade_request_are_handled_in_order(shard):
             break
     assert msg["ct"] == 7
     writer.close()
+
+
+async def test_frames_during_admission_wait_and_keep_their_order(shard):
+    """Thirty pings sent right behind the hello (more than the backlog holds) are all answered, after the welcome, in order."""
+    import orjson
+    from websockets.asyncio.client import connect
+
+    async with connect(shard.ws_url, subprotocols=[SUBPROTOCOL], proxy=None) as ws:
+        await ws.send(orjson.dumps({"t": "hello", "v": 1, "name": unique_name("burst")}).decode())
+        for i in range(30):
+            await ws.send(orjson.dumps({"t": "ping", "ct": i}).decode())
+        got = []
+        while len(got) < 30:
+            msg = orjson.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+            if msg["t"] == "welcome":
+                assert got == []
+            elif msg["t"] == "pong":
+                got.append(msg["ct"])
+        assert got == list(range(30))
+
+
+async def test_a_failing_route_answers_500_and_the_shard_keeps_serving(shard):
+    """An HTTP route that raises gets that request a 500; the next request and players are served."""
+    routes = shard.listener.routes
+
+    def broken(conn, request):
+        if request.path == "/boom":
+            raise RuntimeError("a bug in a route")
+        return routes(conn, request)
+
+    shard.listener.routes = broken
+    reader, writer = await asyncio.open_connection("127.0.0.1", shard.port)
+    writer.write(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.read(), WAIT_S)
+    assert head.startswith(b"HTTP/1.1 500"), head
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", shard.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), WAIT_S)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    w = await join(shard.ws_url)
+    await close_all(w)
