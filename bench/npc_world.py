@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/npc_world.py                      # 16 talkers, 200 movers, 60 s
     .venv/bin/python bench/npc_world.py --talkers 4 --movers 50 --duration 20   # a quick run
+    .venv/bin/python bench/npc_world.py --remote             # the engine in its own process
 
 Starts `python -m server` on the bundled village with the default model in-process, waits
 for the NPC engine, then runs two groups of clients at once:
@@ -125,20 +126,67 @@ class Talker:
                 self.stats["open"][self.name] = None
 
 
-def start_shard(args, db: str) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drain(proc: subprocess.Popen) -> None:
+    """Keep reading a process's output so its logging never blocks on a full pipe."""
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float) -> None:
+    """Read a process's output until a line containing `needle` (RuntimeError otherwise)."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if needle in line:
+            drain(proc)
+            return
+        if time.monotonic() > deadline:
+            break
+    raise RuntimeError(f"no {needle!r} from {proc.args[:3]}")
+
+
+def start_remote(args, tmp: str) -> tuple[list[subprocess.Popen], str]:
+    """A mosquitto on a free loopback port and one NPC worker process on it."""
+    port = free_port()
+    conf = Path(tmp) / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"mqtt://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDSMITH_")}
+    model = [] if args.model == "default" else ["--model", args.model]
+    worker = subprocess.Popen([sys.executable, "-m", "npc.worker", "--mqtt", url, *model,
+                               "--threads", str(args.npc_threads), "--max-running", "16",
+                               "--max-waiting", "16", "--max-model-len", "1536"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    wait_for_line(worker, "ready", 300)
+    return [worker, broker], url
+
+
+def start_shard(args, db: str, mqtt: str | None = None) -> tuple[subprocess.Popen, str]:
     """The shard as a subprocess; returns it and its WebSocket URL once NPCs can answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDSMITH_")}
     cmd = [sys.executable, "-m", "server", "--port", "0", "--db", db, "--npc-model", args.model,
            "--npc-threads", str(args.npc_threads), "--log-level", "INFO"]
+    if mqtt:
+        cmd += ["--mqtt", mqtt, "--npc-workers", "remote"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
     url, ready = None, False
     deadline = time.monotonic() + 300
     for line in proc.stdout:
         url = url or (m.group(1) if (m := WS_URL.search(line)) else None)
-        if "NPC engine ready" in line:
+        if "NPC engine ready" in line or (mqtt and url):
             ready = True
         if url and ready:
+            drain(proc)
             return proc, url
         if time.monotonic() > deadline:
             break
@@ -150,7 +198,10 @@ async def run(args) -> dict:
     world = default_world()
     npcs = list(world.npcs)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_shard(args, f"sqlite:///{tmp}/bench.db")
+        helpers, mqtt = start_remote(args, tmp) if args.remote else ([], None)
+        proc, url = start_shard(args, f"sqlite:///{tmp}/bench.db", mqtt)
+        if mqtt:
+            time.sleep(3)  # the shard hears the worker's retained load report
         try:
             movers = subprocess.Popen(
                 [sys.executable, "-m", "clients.bots", url, "-n", str(args.movers), "--scenario", "move",
@@ -166,11 +217,18 @@ async def run(args) -> dict:
             movers.wait(timeout=args.duration + 120)
             mover_report = json.load(open(f"{tmp}/movers.json"))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for p in (proc, *helpers):
+                p.terminate()
+            for p in (proc, *helpers):
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    print(f"{p.args[:3]} did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+                    p.kill()
     ends = sum(stats["ends"].values())
     return {
         "talkers": args.talkers, "movers": args.movers, "duration_s": args.duration,
+        "engine": "remote worker process" if args.remote else "in the shard's process",
         "asked": stats["asked"], "npc_starts": stats["starts"], "npc_ends": ends, "end_reasons": stats["ends"],
         "every_start_ended": ends == stats["starts"], "errors": stats["errors"], "skipped_in_flight": stats["skipped"],
         "ttft_p50_ms": pct(stats["ttft"], 0.5), "ttft_p99_ms": pct(stats["ttft"], 0.99),
@@ -189,6 +247,8 @@ def main() -> None:
     ap.add_argument("--line-every", type=float, default=10.0, help="seconds between a talker's lines")
     ap.add_argument("--model", default="default", help="--npc-model for the shard")
     ap.add_argument("--npc-threads", type=int, default=0, help="--npc-threads for the shard (0: PyTorch's default)")
+    ap.add_argument("--remote", action="store_true",
+                    help="answer on a separate NPC worker process through a local mosquitto (--npc-workers remote)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the report here")
     args = ap.parse_args()

@@ -80,6 +80,17 @@ async def serve_until_signalled(settings: Settings) -> None:
     async with run_shard(settings):
         await stop.wait()
         logging.getLogger("worldsmith").info("signal received: closing clients and flushing the database")
+    stuck = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    if stuck:
+        # The shard is closed and its data flushed; a task that ignores cancellation (an MQTT
+        # client waiting on a dead broker) must not keep the process alive.
+        logging.getLogger("worldsmith").warning(
+            "%d background task(s) did not stop (%s); exiting without them",
+            len(stuck), ", ".join(sorted(t.get_name() for t in stuck)))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,9 +106,26 @@ async def _shutdown(shard: Shard, server: Listener, ticker: asyncio.Task) -> Non
             await ticker
         await shard.drain_tasks()
         shard.queue_dirty_poses()
-        with contextlib.suppress(Exception):
-            await shard.npcs.close()
-        with contextlib.suppress(Exception):
-            await shard.relay.close()
+        # A broker that vanished can leave an MQTT client waiting forever on its goodbye:
+        # bound these, so the database flush below always happens.
+        await _bounded(shard.npcs.close(), "the NPC service", SHUTDOWN_STEP_S)
+        await _bounded(shard.relay.close(), "the link to the other shards", SHUTDOWN_STEP_S)
         await shard.db.close()
         log.info("Worldsmith shard %s stopped", shard.settings.shard)
+
+
+SHUTDOWN_STEP_S = 5.0  # the longest one shutdown step may take before it is left behind
+
+
+async def _bounded(coro, what: str, timeout: float) -> None:
+    """Await `coro` for at most `timeout` s; log (never raise) if it fails or overruns.
+
+    `asyncio.wait`, not `wait_for`: a step that ignores cancellation must not hold us.
+    """
+    task = asyncio.get_running_loop().create_task(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        log.warning("shutdown: %s did not stop within %.0f s; going on without it", what, timeout)
+    elif task.exception() is not None:
+        log.warning("shutdown: %s failed to stop cleanly: %r", what, task.exception())
