@@ -50,6 +50,7 @@ class NpcSettings:
     leave_range_factor: float = 2.0   # the speaker beyond talk_range x this stops the answer
     facts_per_answer: int = 2         # relevant facts placed right before the answer
     threads: int = 0                  # torch CPU threads for the engine; 0 = torch's default
+    close_grace_s: float = 3.0        # at shutdown, how long memory writes and summaries may finish
 
     def __post_init__(self) -> None:
         for name in ("max_running", "context_tokens", "memory_tokens", "facts_per_answer"):
@@ -59,6 +60,8 @@ class NpcSettings:
             raise ValueError("npc max_waiting and threads must be >= 0")
         if not 0 < self.soft_stop <= 1:
             raise ValueError("npc soft_stop must be in (0, 1]")
+        if self.close_grace_s < 0:
+            raise ValueError("npc close_grace_s must be >= 0")
         if self.answer_timeout_s <= 0 or self.leave_range_factor < 1:
             raise ValueError("npc answer_timeout_s must be > 0 and leave_range_factor >= 1")
 
@@ -135,10 +138,13 @@ class NpcService(NpcHook):
         self.ready.set()
 
     async def close(self) -> None:
-        """Stop every answer in flight and the engine."""
+        """Stop every answer in flight, let memory writes finish (briefly), stop the engine."""
         for ans in list(self._answers.values()):
-            if ans.stream is not None:
-                ans.stream.cancel()
+            self._stop(ans)
+        if self._tasks:
+            # Answers just told to stop end at once; an answer that had ended may still be
+            # saving what the NPC remembers: give those a moment rather than cancel them.
+            await asyncio.wait(set(self._tasks), timeout=self.settings.close_grace_s)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

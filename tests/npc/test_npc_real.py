@@ -106,6 +106,11 @@ async def test_the_npc_recalls_a_players_name_after_a_restart(tmp_path, engine):
         w = await near_guide(shard, "Alice", password="pears-and-cider")
         await ask(w, "Hello, my name is Alice.")
         await close_all(w)
+    from worldstate.store import Store
+
+    store = Store(shard_settings(tmp_path).db)  # what the guide remembers is on disk
+    assert store.load_memory(GUIDE, "alice").turns[0][0] == "Hello, my name is Alice."
+    store.close()
     async with village(tmp_path, engine) as shard:  # same database file, fresh service
         w = await near_guide(shard, "Alice", password="pears-and-cider")
         text, _ = await ask(w, "Do you remember my name?")
