@@ -11,11 +11,8 @@ import itertools
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
-
 from tests.broker import Broker
-from tests.scaleout.conftest import PG_URL, schema_url
+from tests.pg import fresh_schema
 from tests.scaleout.shards import ShardProcess
 from tests.server.wire import close_all, join, unique_name, write_world
 
@@ -27,31 +24,20 @@ _ids = itertools.count(1)
 def world(tmp_path_factory):
     """A broker, a fresh PostgreSQL schema and shards `a` and `b` of one world (module-wide)."""
     tmp = tmp_path_factory.mktemp("world")
-    admin = create_engine(PG_URL)
-    schema = f"ws_scale_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as e:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {e.orig}")
-    broker = Broker(tmp / "broker")
-    broker.start()
-    w = {"broker": broker, "db": schema_url(schema), "tmp": tmp,
-         "world": write_world(tmp / "field.toml", npcs=())}
-    shards = []
-    try:
-        for name in ("a", "b"):
-            shards.append(ShardProcess(name, cwd=tmp, mqtt=broker.url, db=w["db"], world=w["world"]))
-        w["a"], w["b"] = shards
-        yield w
-    finally:
-        for s in shards:
-            s.stop()
-        broker.close()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema("ws_scale") as db:
+        broker = Broker(tmp / "broker")
+        broker.start()
+        w = {"broker": broker, "db": db, "tmp": tmp, "world": write_world(tmp / "field.toml", npcs=())}
+        shards = []
+        try:
+            for name in ("a", "b"):
+                shards.append(ShardProcess(name, cwd=tmp, mqtt=broker.url, db=w["db"], world=w["world"]))
+            w["a"], w["b"] = shards
+            yield w
+        finally:
+            for s in shards:
+                s.stop()
+            broker.close()
 
 
 async def ask(wire, msg: dict) -> dict:

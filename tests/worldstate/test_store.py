@@ -1,7 +1,6 @@
 """The store against a real SQLite file and the local PostgreSQL: accounts, poses, objects, chat."""
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from pathlib import Path
@@ -10,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
+from tests.pg import fresh_schema
 from worldstate.passwords import ScryptCost, hash_password, verify_password
 from worldstate.errors import WorldError
 from worldstate.store import (
@@ -20,19 +18,8 @@ from worldstate.store import (
     StoreClosed, StoreError, StoreSettings,
 )
 
-PG_URL = os.environ.get(
-    "WORLDSMITH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 # Cheap enough for tests, still the real scrypt path.
 FAST = StoreSettings(kdf=ScryptCost(n=2**8, r=8, p=1))
-
-
-def _pg_schema_url(schema: str) -> str:
-    """PG_URL with its search_path pinned to `schema`, so tests never see each other's rows."""
-    url = make_url(PG_URL)
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,20 +28,8 @@ def store_url(request, tmp_path: Path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'world.db'}"
         return
-    admin = create_engine(PG_URL)
-    schema = f"ws_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except OperationalError as e:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {e.orig}")
-    try:
-        yield _pg_schema_url(schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema("ws_test") as url:
+        yield url
 
 
 @pytest.fixture
