@@ -149,7 +149,6 @@ async def test_high_loop_lag_is_flagged_as_bots_bottleneck(tmp_path, world_file)
 
 async def test_command_line_writes_table_json_and_plot(tmp_path, world_file):
     """`python -m clients.bots` exits 0, prints a table, writes the JSON report and a PNG plot."""
-    pytest.importorskip("matplotlib")
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     async with run_shard(shard_settings(tmp_path, world=str(world_file))) as shard:
         proc = await asyncio.create_subprocess_exec(

@@ -26,9 +26,9 @@ def default_model(default_model_path):
 
 @pytest.fixture(scope="session")
 def transformers_module():
-    """The `transformers` package, quiet; skips when the dev dependencies are not installed."""
-    pytest.importorskip("accelerate")  # transformers needs it to read GGUF files
-    transformers = pytest.importorskip("transformers")
+    """The `transformers` package, quiet (a dev dependency: `scripts/test.sh` installs it)."""
+    import accelerate  # noqa: F401  (transformers needs it to read GGUF files; a dev dependency)
+    import transformers
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
