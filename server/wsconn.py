@@ -208,6 +208,10 @@ class ShardConnection(asyncio.Protocol):
             if len(self.backlog) >= BACKLOG_LIMIT:
                 self.transport.pause_reading()
             return
+        self._handle(data)
+
+    def _handle(self, data: str | bytes) -> None:
+        """One frame's text: the hello before admission, a game message after it."""
         try:
             if self.session is None:
                 self._hello(data)
@@ -295,14 +299,7 @@ class ShardConnection(asyncio.Protocol):
         """Handle the frames that waited on the job, until the next job or the end."""
         backlog = self.backlog
         while backlog and self.task is None and not self.closing:
-            data = backlog.popleft()
-            try:
-                if self.session is None:
-                    self._hello(data)
-                else:
-                    self._play(data)
-            except BaseException as exc:  # noqa: BLE001 - mapped to a reply or a close
-                self._failed(exc, None)
+            self._handle(backlog.popleft())
         if not backlog:
             self.backlog = None
             if not self.closing and self.transport is not None and not self.transport.is_closing():

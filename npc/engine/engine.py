@@ -260,20 +260,16 @@ class EngineCore:
         return Event(seq, piece, result)
 
 
-class ReplyStream:
-    """One request's answer: iterate for text pieces, `await result()` for the end, `cancel()` any time."""
+class AnswerStream:
+    """The consumer's side of one answer: iterate for text pieces, `await result()` for the end.
 
-    def __init__(self, engine: "Engine", loop: asyncio.AbstractEventLoop) -> None:
-        self._engine = engine
-        self._loop = loop
+    Shared by the in-process `ReplyStream` and the remote-worker stream; each feeds it with
+    `_push` and `_end` on the event loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self._result: asyncio.Future[Result] = loop.create_future()
-        self.seq: Sequence | None = None
-
-    @property
-    def id(self) -> int:
-        """The engine's id for this request."""
-        return self.seq.seq_id if self.seq is not None else 0
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -290,6 +286,30 @@ class ReplyStream:
     def done(self) -> bool:
         return self._result.done()
 
+    def _push(self, piece: str) -> None:
+        if piece:
+            self._pieces.put_nowait(piece)
+
+    def _end(self, result: Result) -> None:
+        if not self._result.done():
+            self._pieces.put_nowait(None)
+            self._result.set_result(result)
+
+
+class ReplyStream(AnswerStream):
+    """One request's answer: iterate for text pieces, `await result()` for the end, `cancel()` any time."""
+
+    def __init__(self, engine: "Engine", loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._engine = engine
+        self._loop = loop
+        self.seq: Sequence | None = None
+
+    @property
+    def id(self) -> int:
+        """The engine's id for this request."""
+        return self.seq.seq_id if self.seq is not None else 0
+
     def cancel(self) -> None:
         """Stop generating; the KV blocks are freed at the engine's next step boundary."""
         if self.seq is not None and not self._result.done():
@@ -297,11 +317,9 @@ class ReplyStream:
 
     def _deliver(self, piece: str, result: Result | None) -> None:
         # Runs on the event loop.
-        if piece:
-            self._pieces.put_nowait(piece)
-        if result is not None and not self._result.done():
-            self._pieces.put_nowait(None)
-            self._result.set_result(result)
+        self._push(piece)
+        if result is not None:
+            self._end(result)
 
 
 Messages = Seq[Mapping[str, str]]

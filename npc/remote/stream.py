@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-from npc.engine.engine import Result, Timings
+from npc.engine.engine import AnswerStream, Result, Timings
 from npc.queue import GenerateRequest
 
 EARLY_LIMIT = 1024  # pieces held while an earlier one is missing
 
 
-class RemoteReplyStream:
+class RemoteReplyStream(AnswerStream):
     """One remote answer: iterate for text pieces, `await result()` for the end, `cancel()` any time."""
 
     def __init__(self, engine: "RemoteEngine", request: GenerateRequest, deadline: float | None) -> None:
+        super().__init__(asyncio.get_running_loop())
         self._engine = engine
         self.request = request
         self.deadline = deadline          # monotonic
@@ -33,8 +33,6 @@ class RemoteReplyStream:
         self.text: list[str] = []
         self.first_piece: float | None = None
         self.cancel_at: float | None = None
-        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        self._result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
 
     @property
     def id(self) -> str:
@@ -45,21 +43,6 @@ class RemoteReplyStream:
     def begun(self) -> bool:
         """True once a piece reached the consumer (it can no longer be offered again)."""
         return self.first_piece is not None
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while (piece := await self._pieces.get()) is not None:
-            yield piece
-
-    async def result(self) -> Result:
-        """Wait for the end of the answer (after cancel(), the cancelled result)."""
-        return await asyncio.shield(self._result)
-
-    @property
-    def done(self) -> bool:
-        return self._result.done()
 
     def cancel(self) -> None:
         """Stop the answer: the worker is told to stop (freeing its batch slot); if it doesn't
@@ -87,7 +70,7 @@ class RemoteReplyStream:
             self.first_piece = time.monotonic()
         if text:
             self.text.append(text)
-            self._pieces.put_nowait(text)
+        self._push(text)
 
     def _finish(self, reason: str, *, text: str | None = None, prompt_tokens: int = 0,
                 completion_tokens: int | None = None, detail: str | None = None) -> Result:
@@ -101,6 +84,5 @@ class RemoteReplyStream:
         result = Result("".join(self.text), reason, prompt_tokens,
                         self.next_n if completion_tokens is None else completion_tokens,
                         Timings(ttft, now - self.submitted), (), detail)
-        self._pieces.put_nowait(None)
-        self._result.set_result(result)
+        self._end(result)
         return result
