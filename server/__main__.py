@@ -71,6 +71,18 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         parser.error(str(exc))
 
 
+def _exit_without_teardown() -> None:
+    """Exit 0 now, after flushing logs and output, skipping the interpreter's teardown.
+
+    Only for a shard already closed with its data flushed, when something it cannot stop
+    (a thread or task) would hang or abort the normal exit.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 async def serve_until_signalled(settings: Settings) -> None:
     """Run the shard until SIGINT or SIGTERM, then shut it down cleanly."""
     stop = asyncio.Event()
@@ -87,10 +99,7 @@ async def serve_until_signalled(settings: Settings) -> None:
         logging.getLogger("worldsmith").warning(
             "%d background task(s) did not stop (%s); exiting without them",
             len(stuck), ", ".join(sorted(t.get_name() for t in stuck)))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_without_teardown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         # Stopped while the NPC model was still loading: the shard is closed and its data
         # flushed, but tearing down the interpreter under PyTorch's loading thread aborts
         # the process (exit 134). Leave without the teardown instead.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_without_teardown()
     return 0
 
 
