@@ -1,6 +1,6 @@
 """How often the default village's NPCs answer with the right fact (a question set of our own).
 
-    .venv/bin/python bench/npc_quality.py [--model PATH] [--variants full,no-facts] [--json FILE]
+    .venv/bin/python bench/npc_quality.py [--model PATH] [--variants full,no-fact-stop,no-facts] [--json FILE]
 
 Each question names the words (any of them) that a right answer contains, never words
 the question itself gives away. The check is lenient: an answer that carries the fact
@@ -8,7 +8,9 @@ and then invents more (a distance in miles, a date) still counts. For each promp
 variant the script prints, per NPC and overall: the share of answers carrying the right
 fact, how many ended by themselves (a sentence end or EOS, not the token budget), and the
 mean answer length. Variants: `full` (the one or two relevant facts right before the
-answer, as the shard does) and `no-facts` (the same prompt without them).
+answer, and the answer ending after the sentence that carries one, as the shard does),
+`no-fact-stop` (the same facts, ending only past the soft share of the budget) and
+`no-facts` (the prompt without them).
 Greedy decoding with the shard's repetition penalty, so a run is repeatable.
 """
 from __future__ import annotations
@@ -16,16 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
+import sys
 import time
+from pathlib import Path
 
-from npc.engine.engine import Engine, EngineSettings
-from npc.engine.sequence import SamplingParams
-from npc.mind import Mind
-from npc.persona import parse_personas
-from npc.prompt import Recollection, Situation
-from npc.service import NpcSettings
-from worldstate.config import default_world
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # before bench/, whose npc.py would shadow the package
+
+from npc.engine.engine import Engine, EngineSettings  # noqa: E402
+from npc.engine.sequence import SamplingParams  # noqa: E402
+from npc.mind import Mind  # noqa: E402
+from npc.persona import parse_personas  # noqa: E402
+from npc.prompt import Recollection, Situation  # noqa: E402
+from npc.service import NpcSettings  # noqa: E402
+from worldstate.config import default_world  # noqa: E402
 
 QUESTIONS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "n:guide": [
@@ -50,29 +55,25 @@ QUESTIONS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     ],
 }
 
-_END = re.compile(r"[.!?…][\"')\]]*\s*$")
-
-
-async def ask(engine: Engine, mind: Mind, question: str, facts: int, settings: NpcSettings):
+async def ask(engine: Engine, mind: Mind, question: str, facts: int, settings: NpcSettings, *,
+              fact_stop: bool = True):
     """One greedy answer to `question` from `mind`, as the shard would ask it."""
     tok = engine.tokenizer
     prompt = mind.prompt(Situation("Robin", time_of_day="afternoon"), Recollection(), question,
                          context_tokens=settings.context_tokens, facts_per_answer=facts,
                          count=lambda m: len(tok.render_chat(m)))
-    soft = max(1, int(mind.persona.reply_tokens * settings.soft_stop))
+    ending = mind.ending(prompt, question, soft_stop=settings.soft_stop, fact_stop=fact_stop)
     params = SamplingParams(temperature=0.0, repetition_penalty=settings.repetition_penalty,
                             max_tokens=mind.persona.reply_tokens, stop=mind.stop_strings("Robin"))
     stream = engine.submit(prompt.messages, params)
-    text, pieces, soft_stopped = [], 0, False
+    text = []
     async for piece in stream:
         text.append(piece)
-        pieces += 1
-        if pieces >= soft and _END.search(piece):
-            soft_stopped = True
+        if ending.feed(piece):
             stream.cancel()
             break
     result = await stream.result()
-    ended = soft_stopped or result.finish_reason == "stop"
+    ended = ending.reason is not None or result.finish_reason == "stop"
     return "".join(text).strip(), ended, result.completion_tokens
 
 
@@ -85,11 +86,12 @@ async def run(args) -> dict:
     report: dict = {}
     async with engine:
         for variant in args.variants:
-            facts = settings.facts_per_answer if variant == "full" else 0
+            facts = 0 if variant == "no-facts" else settings.facts_per_answer
             rows, started = [], time.monotonic()
             for npc_id, questions in QUESTIONS.items():
                 for question, expect in questions:
-                    answer, ended, tokens = await ask(engine, minds[npc_id], question, facts, settings)
+                    answer, ended, tokens = await ask(engine, minds[npc_id], question, facts, settings,
+                                                      fact_stop=variant != "no-fact-stop")
                     hit = any(w in answer.lower() for w in expect)
                     rows.append({"npc": npc_id, "q": question, "answer": answer, "hit": hit,
                                  "ended": ended, "tokens": tokens})
@@ -112,7 +114,7 @@ async def run(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF file or HF directory (default: the default model)")
-    ap.add_argument("--variants", default="full,no-facts", help="comma-separated: full, no-facts")
+    ap.add_argument("--variants", default="full,no-fact-stop,no-facts", help="comma-separated: full, no-fact-stop, no-facts")
     ap.add_argument("--json", default=None, help="write the full report (with answers) here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every answer")
     args = ap.parse_args()

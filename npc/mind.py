@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from npc.ending import Ending, fact_words
 from npc.knowledge import relevant, world_facts
 from npc.persona import Persona
 from npc.prompt import Message, Prompt, PromptBudget, Recollection, Situation, build_prompt, fixed_part
@@ -40,6 +41,12 @@ class Mind:
         if memory.summary:
             facts.append(f"You remember about {name}: {memory.summary}")
         return facts
+
+    def ending(self, prompt: Prompt, line: str, *, soft_stop: float, fact_stop: bool = True) -> Ending:
+        """Where this answer may end early (see `npc.ending`): past `soft_stop` of the reply
+        budget at a sentence end, or, with `fact_stop`, after the sentence carrying a fact."""
+        facts = fact_words(prompt.facts, line, self.persona.name) if fact_stop else frozenset()
+        return Ending(soft_after=int(self.persona.reply_tokens * soft_stop), facts=facts)
 
     def stop_strings(self, speaker_name: str) -> tuple[str, ...]:
         """Where the answer is cut: the first sign of the model speaking for the player."""

@@ -120,6 +120,7 @@ class Prompt:
     messages: list[Message]
     dropped_turns: int = 0
     dropped: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)  # the relevant facts it carries
 
 
 def build_prompt(persona: Persona, fixed: list[Message], situation: Situation,
@@ -148,7 +149,7 @@ def build_prompt(persona: Persona, fixed: list[Message], situation: Situation,
         if use_facts:
             msgs.append({"role": "system", "content": _facts_text(use_facts)})
         if count(msgs) <= budget.prompt_tokens:
-            return Prompt(msgs, dropped_turns, dropped)
+            return Prompt(msgs, dropped_turns, dropped, use_facts)
         if turns:
             turns.pop(0)
             dropped_turns += 1
@@ -165,7 +166,7 @@ def build_prompt(persona: Persona, fixed: list[Message], situation: Situation,
             line = line[: len(line) // 2]
             dropped.append("line-tail")
         else:
-            return Prompt(msgs, dropped_turns, dropped)
+            return Prompt(msgs, dropped_turns, dropped, use_facts)
 
 
 def time_of_day(hour: int) -> str:

@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import logging
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ from server.npcs import NpcHook, NpcLine
 from worldstate.entities import Pose
 
 log = logging.getLogger("worldsmith.npc")
-
-_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s*$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,7 @@ class NpcSettings:
     temperature: float = 0.0          # 0 = greedy (with the repetition penalty below)
     repetition_penalty: float = 1.15
     soft_stop: float = 0.2            # past this share of reply_tokens, end at a sentence end
+    fact_stop: bool = True            # end at the sentence end after the answer carries a retrieved fact
     answer_timeout_s: float = 60.0    # an answer still running after this ends as cancelled
     leave_range_factor: float = 2.0   # the speaker beyond talk_range x this stops the answer
     facts_per_answer: int = 2         # relevant facts placed right before the answer
@@ -75,7 +73,7 @@ class _Answer:
     stream: object = None
     text: list[str] = field(default_factory=list)
     pieces: int = 0
-    soft_stopped: bool = False
+    ending: object = None             # npc.ending.Ending: where the answer may end early
     left: bool = False
     cancelled: bool = False
 
@@ -225,7 +223,7 @@ class NpcService(NpcHook):
                 reason = "cancelled"
                 return
             try:
-                ans.stream = self._submit(ans.npc, line, memory)
+                ans.stream = self._submit(ans, line, memory)
             except Exception as exc:  # Busy, or a prompt that can never fit
                 log.log(logging.WARNING if "exceeds" in str(exc) else logging.INFO,
                         "NPC %s answers busy to %s: %s", ans.npc.id, line.speaker, exc)
@@ -246,15 +244,17 @@ class NpcService(NpcHook):
         if reason in ("stop", "length") and ans.text:
             await self._remember(ans.npc, line, "".join(ans.text))
 
-    def _submit(self, persona: Persona, line: NpcLine, memory: Memory):
+    def _submit(self, ans: _Answer, line: NpcLine, memory: Memory):
         from npc.engine.sequence import SamplingParams
 
         tok = self.engine.tokenizer
         s = self.settings
+        persona = ans.npc
         mind = self.minds[persona.id]
         prompt = mind.prompt(self._situation(persona, line), memory.recollection(), heard(line.text),
                              context_tokens=self._context_tokens(), facts_per_answer=s.facts_per_answer,
                              count=lambda msgs: len(tok.render_chat(msgs)))
+        ans.ending = mind.ending(prompt, heard(line.text), soft_stop=s.soft_stop, fact_stop=s.fact_stop)
         params = SamplingParams(
             temperature=s.temperature, repetition_penalty=s.repetition_penalty,
             max_tokens=persona.reply_tokens, stop=mind.stop_strings(line.speaker_name))
@@ -284,7 +284,6 @@ class NpcService(NpcHook):
 
     async def _pump(self, ans: _Answer) -> tuple[str, int]:
         """Relay pieces to the listeners until the answer ends; (reason, completion tokens)."""
-        soft = max(1, int(ans.npc.reply_tokens * self.settings.soft_stop))
         async for piece in ans.stream:
             ans.text.append(piece)
             ans.pieces += 1
@@ -292,12 +291,11 @@ class NpcService(NpcHook):
             if self._walked_away(ans):
                 ans.stream.cancel()
                 break
-            if ans.pieces >= soft and _SENTENCE_END.search(piece):
-                ans.soft_stopped = True
+            if ans.ending.feed(piece):
                 ans.stream.cancel()
                 break
         result = await ans.stream.result()
-        return ("stop" if ans.soft_stopped else result.finish_reason), result.completion_tokens
+        return ("stop" if ans.ending.reason else result.finish_reason), result.completion_tokens
 
     def _walked_away(self, ans: _Answer) -> bool:
         me = self.shard.world.get(ans.speaker)
