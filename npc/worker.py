@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -106,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--share-prefix-attention", action="store_true",
                    help="decodes sharing a cached prompt prefix read its K/V once per group")
+    p.add_argument("--ready-line", action="store_true",
+                   help='stdio mode: once the engine is loaded, write {"t":"ready",...} as the first line')
+    p.add_argument("--parent-pid", type=int, default=0,
+                   help="die with this process (the shard that spawned this worker); Linux only, else ignored")
     from npc.remote.worker import add_arguments  # --mqtt: the scale-out transport
 
     add_arguments(p)
@@ -157,6 +162,9 @@ async def _main(args: argparse.Namespace) -> None:
 
         return await serve_from_args(engine, args)
     worker = Worker(InProcessQueue(engine), _write_line)
+    if args.ready_line:
+        _write_line({"t": "ready", "pid": os.getpid(), "max_model_len": engine.core.config.max_model_len,
+                     "capacity": args.max_running + args.max_waiting, "device": str(engine.core.runner.device)})
     log.info("npc worker ready: model %s on %s; JSON lines on stdin/stdout", args.model or "default",
              engine.core.runner.device)
     try:
@@ -165,9 +173,24 @@ async def _main(args: argparse.Namespace) -> None:
         await worker.aclose()
 
 
+def _die_with_parent(pid: int) -> None:
+    """Have the kernel kill this process when its parent `pid` dies (Linux); exit now if it
+    already has. Elsewhere the parent closing our stdin still stops us."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != pid:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m npc.worker`."""
     args = _parser().parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:
         asyncio.run(_main(args))

@@ -44,6 +44,14 @@ def _npc_hook(settings: Settings) -> NpcHook:
         engine = remote_engine(settings.mqtt, model=model, world_prefix=settings.world_prefix,
                                shard=settings.shard, username=settings.mqtt_user,
                                password=settings.mqtt_password)
+    elif settings.npc_workers == "process":
+        from npc.process import ProcessEngine, ProcessSettings
+        from npc.remote import load_tokenizer
+
+        engine = ProcessEngine(ProcessSettings(
+            model=model, device=settings.npc_device, dtype=settings.npc_dtype,
+            max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
+            max_model_len=settings.npc_context_tokens, threads=settings.npc_threads), tokenizer=load_tokenizer(model))
     return NpcService(engine=engine, owns_engine=True, settings=NpcSettings(
         model=model, device=settings.npc_device, dtype=settings.npc_dtype,
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,

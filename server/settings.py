@@ -84,7 +84,8 @@ class Settings:
     npc_memory_tokens: int = _opt(384, "tokens of recent turns an NPC keeps verbatim per player (older ones are summarised)")
     npc_answer_timeout_s: float = _opt(60.0, "seconds an NPC answer may run before it ends as cancelled")
     npc_threads: int = _opt(0, "CPU threads for the NPC engine (0: PyTorch's default)")
-    npc_workers: str = _opt("inprocess", "where NPC answers are computed: 'inprocess' (this shard's own engine) "
+    npc_workers: str = _opt("inprocess", "where NPC answers are computed: 'inprocess' (this shard's own engine), "
+                                         "'process' (a python -m npc.worker child of this shard, over a pipe), "
                                          "or 'remote' (python -m npc.worker processes reached through --mqtt; "
                                          "--npc-model then names the workers' model, for its tokenizer)")
     # --- end of NPC settings. ---
@@ -129,8 +130,8 @@ class Settings:
         for name in self.admins:
             if not re.fullmatch(self.name_pattern, name):
                 raise ValueError(f"admin {name!r} is not a valid player name")
-        if self.npc_workers not in ("inprocess", "remote"):
-            raise ValueError(f"npc_workers must be inprocess or remote, got {self.npc_workers!r}")
+        if self.npc_workers not in ("inprocess", "process", "remote"):
+            raise ValueError(f"npc_workers must be inprocess, process or remote, got {self.npc_workers!r}")
         if self.npc_workers == "remote" and not self.mqtt:
             raise ValueError("npc_workers remote needs --mqtt (the broker the NPC workers listen on)")
         if self.mqtt:  # scale-out: server.cluster parses and checks these
