@@ -112,8 +112,9 @@ class PairBand:
             raise ValueError(f"aoi and skin must be > 0, got {aoi!r}, {skin!r}")
         self.aoi = float(aoi)
         self.skin = float(skin)
-        self.obs = np.empty(0, np.int64)   # (P,) observer slot of each pair
-        self.ent = np.empty(0, np.int64)   # (P,) entity slot of each pair
+        # int32 slots: the band is the biggest thing a dense world holds (~110 pairs an observer).
+        self.obs = np.empty(0, np.int32)   # (P,) observer slot of each pair
+        self.ent = np.empty(0, np.int32)   # (P,) entity slot of each pair
         self.vis = np.empty(0, np.bool_)   # (P,) in view at the last check
 
     def __len__(self) -> int:
@@ -125,11 +126,17 @@ class PairBand:
         `alive` holds the slots of entities in the world, `observers` those with a view.
         """
         inner = self.aoi - self.skin
-        which, ent, d2 = near_pairs(xs, zs, alive, observers, self.aoi + self.skin,
-                                    beyond=inner if inner > 0 else None)
-        self.obs = observers[which]
-        self.ent = ent
-        self.vis = d2 <= self.aoi * self.aoi
+        a2 = self.aoi * self.aoi
+        obs, ent, vis = [np.empty(0, np.int32)], [np.empty(0, np.int32)], [np.empty(0, np.bool_)]
+        # Chunk by chunk, so only the band itself (9 bytes a pair) is held at once.
+        for which, e, d2 in near_pairs_chunks(xs, zs, alive, observers, self.aoi + self.skin,
+                                              beyond=inner if inner > 0 else None):
+            obs.append(observers[which].astype(np.int32))
+            ent.append(e.astype(np.int32))
+            vis.append(d2 <= a2)
+        self.obs = np.concatenate(obs)
+        self.ent = np.concatenate(ent)
+        self.vis = np.concatenate(vis)
 
     def changes(self, xs: np.ndarray, zs: np.ndarray, loose: np.ndarray | None):
         """Pairs whose in-view state flipped since the last call: (observers, entities, now_visible).
@@ -153,6 +160,13 @@ class PairBand:
         return self.obs[idx].tolist(), self.ent[idx].tolist(), now.tolist()
 
 
+# Candidate pairs examined per numpy pass in `near_pairs_chunks`: the temporaries of one pass
+# (~40 bytes a candidate) stay near 10 MB however many observers a rebuild covers. One pass
+# over everything at 10,000 observers in a square kilometre (~7.5 M candidates) peaked at
+# ~300 MB, and glibc kept most of it as heap the process never gave back.
+NEAR_PAIRS_CHUNK = 1 << 18
+
+
 def near_pairs(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,
                radius: float, beyond: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (observer, entity) pair with `beyond < d <= radius` (x-z distance), all in numpy.
@@ -160,25 +174,55 @@ def near_pairs(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.
     Returns `(which, ent, d2)`: the observer's index in `observers` (non-decreasing), the
     entity's slot (from `alive`), and the squared distance, computed as everywhere else.
     """
+    parts = list(near_pairs_chunks(xs, zs, alive, observers, radius, beyond))
+    if not parts:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.float64)
+    return tuple(np.concatenate(col) for col in zip(*parts))
+
+
+def near_pairs_chunks(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,
+                      radius: float, beyond: float | None = None,
+                      chunk: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`near_pairs` in pieces, observer by observer: yields `(which, ent, d2)` for consecutive
+    runs of observers holding about `chunk` candidates each (whole observers, so at least one;
+    default `NEAR_PAIRS_CHUNK`).
+    """
+    chunk = NEAR_PAIRS_CHUNK if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     owner, first, length, slots = _candidate_ranges(xs, zs, alive, observers, radius)
-    total = int(length.sum())
-    ends = np.cumsum(length)
-    # Expand the ranges: item k of range r sits at first[r] + k in `slots` order.
-    pos = np.arange(total, dtype=np.int64)
-    pos += np.repeat(first - (ends - length), length)
-    dx = xs[slots][pos]
-    dx -= np.repeat(xs[observers][owner], length)
-    dz = zs[slots][pos]
-    dz -= np.repeat(zs[observers][owner], length)
-    dx *= dx
-    dz *= dz
-    d2 = dx
-    d2 += dz                                                # (total,) squared x-z distances
-    keep = d2 <= radius * radius
-    if beyond is not None:
-        keep &= d2 > beyond * beyond
-    idx = np.flatnonzero(keep)
-    return owner[np.searchsorted(ends, idx, side="right")], slots[pos[idx]], d2[idx]
+    if not len(owner):
+        return
+    width = len(owner) // len(observers)                    # ranges per observer
+    per_obs = np.cumsum(length.reshape(len(observers), width).sum(axis=1))  # (M,) running totals
+    cuts = np.searchsorted(per_obs, np.arange(chunk, int(per_obs[-1]), chunk), side="right")
+    bounds = np.unique(np.concatenate(([0], cuts, [len(observers)]))).tolist()
+    sx, sz = xs[slots], zs[slots]                           # (N,) positions in `slots` order
+    ox, oz = xs[observers], zs[observers]                   # (M,)
+    r2 = radius * radius
+    b2 = None if beyond is None else beyond * beyond
+    for a, b in zip(bounds, bounds[1:]):
+        lo, hi = a * width, b * width
+        n = length[lo:hi]
+        ends = np.cumsum(n)
+        # Expand the ranges: item k of range r sits at first[r] + k in `slots` order.
+        pos = np.arange(int(ends[-1]), dtype=np.int64)
+        pos += np.repeat(first[lo:hi] - (ends - n), n)
+        who = owner[lo:hi]
+        dx = sx[pos]
+        dx -= np.repeat(ox[who], n)
+        dz = sz[pos]
+        dz -= np.repeat(oz[who], n)
+        dx *= dx
+        dz *= dz
+        d2 = dx
+        d2 += dz                                            # (total,) squared x-z distances
+        keep = d2 <= r2
+        if b2 is not None:
+            keep &= d2 > b2
+        idx = np.flatnonzero(keep)
+        yield who[np.searchsorted(ends, idx, side="right")], slots[pos[idx]], d2[idx]
 
 
 def _candidate_ranges(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,

@@ -6,7 +6,8 @@ import random
 import numpy as np
 import pytest
 
-from worldstate.spatial import Grid, PairBand
+from worldstate import spatial
+from worldstate.spatial import Grid, PairBand, near_pairs, near_pairs_chunks
 
 
 def test_grid_candidates_cover_every_key_in_range():
@@ -42,9 +43,13 @@ def test_grid_rejects_bad_cell_size():
         Grid(float("inf"))
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 50])
 @pytest.mark.parametrize("aoi,skin", [(10.0, 1.0), (10.0, 12.0), (3.0, 0.5)])
-def test_band_holds_exactly_the_pairs_near_the_edge(aoi, skin):
-    """rebuild() keeps exactly the (observer, entity) pairs with aoi-skin < d <= aoi+skin, flagged by d <= aoi."""
+def test_band_holds_exactly_the_pairs_near_the_edge(aoi, skin, chunk, monkeypatch):
+    """rebuild() keeps exactly the (observer, entity) pairs with aoi-skin < d <= aoi+skin, flagged
+    by d <= aoi, however finely the candidate pass is chunked."""
+    if chunk is not None:
+        monkeypatch.setattr(spatial, "NEAR_PAIRS_CHUNK", chunk)
     rng = np.random.default_rng(5)
     n = 400
     xs = rng.uniform(-40, 40, n).round(1)  # rounded: exact-boundary distances occur
@@ -64,6 +69,30 @@ def test_band_holds_exactly_the_pairs_near_the_edge(aoi, skin):
             if lo < d2 <= hi:
                 want[(o, e)] = d2 <= aoi * aoi
     assert got == want
+
+
+def test_near_pairs_chunks_split_whole_observers_and_agree_with_one_pass():
+    """Chunked passes yield, in order, exactly the pairs of one big pass, never splitting an observer."""
+    rng = np.random.default_rng(11)
+    n = 500
+    xs = rng.uniform(-60, 60, n).round(1)
+    zs = rng.uniform(-60, 60, n).round(1)
+    alive = np.arange(1, n, 3)
+    observers = rng.permutation(alive)[:80]
+    whole = list(near_pairs_chunks(xs, zs, alive, observers, 12.0, beyond=4.0, chunk=10**9))
+    assert len(whole) == 1
+    for chunk in (1, 37, 400):
+        parts = list(near_pairs_chunks(xs, zs, alive, observers, 12.0, beyond=4.0, chunk=chunk))
+        assert len(parts) > 1
+        seen = [set(which.tolist()) for which, _, _ in parts]
+        assert all(not (a & b) for a, b in zip(seen, seen[1:]))  # an observer sits in one chunk
+        for got, want in zip((np.concatenate(c) for c in zip(*parts)), whole[0]):
+            assert np.array_equal(got, want)
+    which, ent, d2 = near_pairs(xs, zs, alive, observers, 12.0, beyond=4.0)
+    assert np.array_equal(which, whole[0][0]) and np.array_equal(ent, whole[0][1])
+    assert (d2 > 16.0).all() and (d2 <= 144.0).all()
+    with pytest.raises(ValueError):
+        next(near_pairs_chunks(xs, zs, alive, observers, 12.0, chunk=0))
 
 
 def test_band_reports_flips_and_masks_loose_pairs():

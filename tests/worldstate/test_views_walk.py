@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worldstate import Entity, Pose, World, WorldConfig
+from worldstate import Entity, Pose, World, WorldConfig, spatial
 from worldstate.oracle import Oracle
 from worldstate.views import Views
 
@@ -91,3 +91,11 @@ def test_few_movers_among_many_match_oracle(monkeypatch, move_p, limit):
     items = walk(5, n=300, observers=60, ticks=60, step=0.7, skin=2.0, rebuild_limit=limit,
                  move_p=move_p)
     assert items > 100
+
+
+def test_finely_chunked_pair_passes_match_oracle(monkeypatch):
+    """Band rebuilds and batched exact views computed in many small chunks keep diffs equal to the oracle's."""
+    monkeypatch.setattr(spatial, "NEAR_PAIRS_CHUNK", 16)
+    monkeypatch.setattr(Views, "BATCH_MIN", 2)
+    walk(13, n=120, observers=40, ticks=80, step=0.8, skin=2.0, rebuild_limit=10,
+         teleports=0.01, churn=0.3)
