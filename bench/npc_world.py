@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/npc_world.py                      # 16 talkers, 200 movers, 60 s
     .venv/bin/python bench/npc_world.py --talkers 4 --movers 50 --duration 20   # a quick run
-    .venv/bin/python bench/npc_world.py --remote             # the engine in its own process
+    .venv/bin/python bench/npc_world.py --workers process    # the engine in a child process, over a pipe
+    .venv/bin/python bench/npc_world.py --workers remote     # ... a worker process through a local mosquitto
 
 Starts `python -m server` on the bundled village with the default model in-process, waits
 for the NPC engine, then runs two groups of clients at once:
@@ -14,6 +15,10 @@ for the NPC engine, then runs two groups of clients at once:
   reporting their own-move ack latency, so the cost of the engine to the shard shows.
 Targets (issue 4): TTFT p50 <= 400 ms and p99 <= 1.5 s; ITL p99 <= 300 ms; every start
 ends; movers' ack p99 <= 150 ms. Prints a table and a final JSON line. Loopback only.
+The report also carries the shard's NPC figures from its /metrics, read just before it
+stops: for the in-process engine its own TTFT and ITL (submit to first token on the engine
+thread, and its step gaps, so the rest of the players' TTFT is the shard's delivery),
+prompt tokens and prefix-cache hits per answer, and tokens per engine step.
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ from websockets.asyncio.client import connect  # noqa: E402
 from worldstate.config import default_world  # noqa: E402
 
 WS_URL = re.compile(r"WebSocket (ws://[^\s;]+)")
+HTTP_URL = re.compile(r"open (http://\S+) in a browser")
+SERIES = re.compile(r'^(npc_\w+?)(?:\{([^}]*)\})? (\S+)$')
 QUESTIONS = ["Where is the inn?", "What do you sell?", "How do I get to the mill?", "Hello! Who are you?",
              "What news do you have?", "Where is the market?", "Have you seen anything strange?"]
 
@@ -170,24 +177,29 @@ def start_remote(args, tmp: str) -> tuple[list[subprocess.Popen], str]:
     return [worker, broker], url
 
 
-def start_shard(args, db: str, mqtt: str | None = None) -> tuple[subprocess.Popen, str]:
-    """The shard as a subprocess; returns it and its WebSocket URL once NPCs can answer."""
+def start_shard(args, db: str, mqtt: str | None = None) -> tuple[subprocess.Popen, str, str]:
+    """The shard as a subprocess; returns it, its WebSocket and HTTP URLs once NPCs can answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORLDSMITH_")}
     cmd = [sys.executable, "-m", "server", "--port", "0", "--db", db, "--npc-model", args.model,
            "--npc-threads", str(args.npc_threads), "--log-level", "INFO"]
     if mqtt:
         cmd += ["--mqtt", mqtt, "--npc-workers", "remote"]
+    elif args.workers == "process":
+        cmd += ["--npc-workers", "process"]
+    if args.switch_interval_ms:
+        cmd += ["--npc-switch-interval-ms", str(args.switch_interval_ms)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
-    url, ready = None, False
+    url, http, ready = None, None, False
     deadline = time.monotonic() + 300
     for line in proc.stdout:
         url = url or (m.group(1) if (m := WS_URL.search(line)) else None)
+        http = http or (m.group(1) if (m := HTTP_URL.search(line)) else None)
         if "NPC engine ready" in line or (mqtt and url):
             ready = True
         if url and ready:
             drain(proc)
-            return proc, url
+            return proc, url, http
         if time.monotonic() > deadline:
             break
     proc.kill()
@@ -198,8 +210,8 @@ async def run(args) -> dict:
     world = default_world()
     npcs = list(world.npcs)
     with tempfile.TemporaryDirectory() as tmp:
-        helpers, mqtt = start_remote(args, tmp) if args.remote else ([], None)
-        proc, url = start_shard(args, f"sqlite:///{tmp}/bench.db", mqtt)
+        helpers, mqtt = start_remote(args, tmp) if args.workers == "remote" else ([], None)
+        proc, url, http = start_shard(args, f"sqlite:///{tmp}/bench.db", mqtt)
         if mqtt:
             time.sleep(3)  # the shard hears the worker's retained load report
         try:
@@ -216,6 +228,7 @@ async def run(args) -> dict:
                                    for t in talkers))
             movers.wait(timeout=args.duration + 120)
             mover_report = json.load(open(f"{tmp}/movers.json"))
+            npc_metrics = shard_npc_metrics(http)
         finally:
             for p in (proc, *helpers):
                 p.terminate()
@@ -228,7 +241,9 @@ async def run(args) -> dict:
     ends = sum(stats["ends"].values())
     return {
         "talkers": args.talkers, "movers": args.movers, "duration_s": args.duration,
-        "engine": "remote worker process" if args.remote else "in the shard's process",
+        "switch_interval_ms": args.switch_interval_ms or None,
+        "engine": {"remote": "remote worker process (MQTT)", "process": "child worker process (pipe)",
+                   "inprocess": "in the shard's process"}[args.workers],
         "asked": stats["asked"], "npc_starts": stats["starts"], "npc_ends": ends, "end_reasons": stats["ends"],
         "every_start_ended": ends == stats["starts"], "errors": stats["errors"], "skipped_in_flight": stats["skipped"],
         "ttft_p50_ms": pct(stats["ttft"], 0.5), "ttft_p99_ms": pct(stats["ttft"], 0.99),
@@ -236,7 +251,47 @@ async def run(args) -> dict:
         "mean_tokens": round(statistics.mean(stats["tokens"]), 1) if stats["tokens"] else None,
         "movers_ack_p50_ms": mover_report["ack_ms"]["p50"], "movers_ack_p99_ms": mover_report["ack_ms"]["p99"],
         "movers_connected": mover_report["connections"]["made"], "movers_warnings": mover_report["warnings"],
+        "shard_npc": npc_metrics,
     }
+
+
+def shard_npc_metrics(http: str | None) -> dict:
+    """The shard's NPC figures from its /metrics: counters and gauges, histogram quantiles
+    (upper bucket bounds, ms), and per-answer ratios where the in-process engine reports them."""
+    import urllib.request
+
+    if not http:
+        return {}
+    try:
+        text = urllib.request.urlopen(http.rstrip("/") + "/metrics", timeout=10).read().decode()
+    except OSError as e:
+        return {"error": str(e)}
+    values: dict = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        m = SERIES.match(line)
+        if not m:
+            continue
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        if name.endswith("_bucket"):
+            bound = labels.split('le="')[1].rstrip('"')
+            buckets.setdefault(name[:-7], []).append((math.inf if bound == "+Inf" else float(bound), value))
+        else:
+            values[name + (f"[{labels.split('=', 1)[1].strip(chr(34))}]" if labels else "")] = value
+    out = {k: round(v, 3) for k, v in values.items() if not k.endswith(("_sum", "_count"))}
+    for name, rows in buckets.items():
+        total = rows[-1][1]
+        for q in (0.5, 0.99):
+            bound = next((b for b, n in rows if total and n >= q * total), None)
+            out[f"{name}_p{int(q * 100)}_ms_le"] = None if bound in (None, math.inf) else round(1000 * bound)
+    steps, prompt = values.get("npc_engine_steps_total"), values.get("npc_engine_prompt_tokens_total")
+    if prompt and steps:
+        done = sum(v for k, v in values.items() if k.startswith("npc_engine_finished_total["))
+        out["prompt_tokens_per_answer"] = round(prompt / done, 1) if done else None
+        out["uncached_prompt_tokens_per_answer"] = round(
+            (prompt - values.get("npc_engine_cached_prompt_tokens_total", 0)) / done, 1) if done else None
+        out["completion_tokens_per_step"] = round(values.get("npc_engine_completion_tokens_total", 0) / steps, 2)
+    return out
 
 
 def main() -> None:
@@ -247,15 +302,20 @@ def main() -> None:
     ap.add_argument("--line-every", type=float, default=10.0, help="seconds between a talker's lines")
     ap.add_argument("--model", default="default", help="--npc-model for the shard")
     ap.add_argument("--npc-threads", type=int, default=0, help="--npc-threads for the shard (0: PyTorch's default)")
-    ap.add_argument("--remote", action="store_true",
-                    help="answer on a separate NPC worker process through a local mosquitto (--npc-workers remote)")
+    ap.add_argument("--workers", choices=("inprocess", "process", "remote"), default="inprocess",
+                    help="--npc-workers for the shard: its own engine, a child process over a pipe, or a "
+                         "worker process through a local mosquitto")
+    ap.add_argument("--remote", action="store_const", dest="workers", const="remote", help="--workers remote")
+    ap.add_argument("--switch-interval-ms", type=float, default=0.0,
+                    help="--npc-switch-interval-ms for the shard (in-process engine; 0: Python's 5 ms)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the report here")
     args = ap.parse_args()
     r = asyncio.run(run(args))
     targets = {"ttft_p50_ms": 400, "ttft_p99_ms": 1500, "itl_p99_ms": 300, "movers_ack_p99_ms": 150}
     for key in ("asked", "npc_starts", "npc_ends", "end_reasons", "skipped_in_flight", "mean_tokens",
-                "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "movers_ack_p50_ms", "movers_ack_p99_ms"):
+                "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "movers_ack_p50_ms", "movers_ack_p99_ms",
+                "shard_npc"):
         mark = ""
         if key in targets and r[key] is not None:
             mark = f"  (target <= {targets[key]}: {'met' if r[key] <= targets[key] else 'MISSED'})"

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class NpcSettings:
     facts_per_answer: int = 2         # relevant facts placed right before the answer
     threads: int = 0                  # torch CPU threads for the engine; 0 = torch's default
     close_grace_s: float = 3.0        # at shutdown, how long memory writes and summaries may finish
+    # The interpreter's thread switch interval while the engine runs in this process (0:
+    # Python's own, 5 ms). The engine thread needs the GIL back after each of the hundreds
+    # of tensor ops in a step, and a busy event loop keeps it up to this long each time.
+    switch_interval_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_running", "context_tokens", "memory_tokens", "facts_per_answer"):
@@ -58,8 +63,8 @@ class NpcSettings:
             raise ValueError("npc max_waiting and threads must be >= 0")
         if not 0 < self.soft_stop <= 1:
             raise ValueError("npc soft_stop must be in (0, 1]")
-        if self.close_grace_s < 0:
-            raise ValueError("npc close_grace_s must be >= 0")
+        if self.close_grace_s < 0 or self.switch_interval_ms < 0:
+            raise ValueError("npc close_grace_s and switch_interval_ms must be >= 0")
         if self.answer_timeout_s <= 0 or self.leave_range_factor < 1:
             raise ValueError("npc answer_timeout_s must be > 0 and leave_range_factor >= 1")
 
@@ -128,6 +133,8 @@ class NpcService(NpcHook):
         started = time.monotonic()
         try:
             self.engine = await _in_daemon_thread(load_engine, self.settings)
+            if self.settings.switch_interval_ms:
+                sys.setswitchinterval(self.settings.switch_interval_ms / 1000)
             self.engine.start()
         except Exception:
             log.exception("NPC engine failed to load; NPCs will answer busy")

@@ -56,7 +56,8 @@ def _npc_hook(settings: Settings) -> NpcHook:
         model=model, device=settings.npc_device, dtype=settings.npc_dtype,
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
         context_tokens=settings.npc_context_tokens, memory_tokens=settings.npc_memory_tokens,
-        answer_timeout_s=settings.npc_answer_timeout_s, threads=settings.npc_threads))
+        answer_timeout_s=settings.npc_answer_timeout_s, threads=settings.npc_threads,
+        switch_interval_ms=settings.npc_switch_interval_ms))
 
 
 def _load_config(settings: Settings):

@@ -84,6 +84,8 @@ class Settings:
     npc_memory_tokens: int = _opt(384, "tokens of recent turns an NPC keeps verbatim per player (older ones are summarised)")
     npc_answer_timeout_s: float = _opt(60.0, "seconds an NPC answer may run before it ends as cancelled")
     npc_threads: int = _opt(0, "CPU threads for the NPC engine (0: PyTorch's default)")
+    npc_switch_interval_ms: float = _opt(0.0, "with --npc-workers inprocess: the interpreter's thread switch "
+                                              "interval once the engine runs (0: Python's 5 ms)")
     npc_workers: str = _opt("inprocess", "where NPC answers are computed: 'inprocess' (this shard's own engine), "
                                          "'process' (a python -m npc.worker child of this shard, over a pipe), "
                                          "or 'remote' (python -m npc.worker processes reached through --mqtt; "

@@ -37,3 +37,14 @@ def test_never_ends_without_a_sentence_end():
     """However long, an answer without a sentence end runs to its budget (the engine's length)."""
     ending = Ending(soft_after=1, facts=frozenset({"pear"}))
     assert feed_all(ending, ["pear", " pear", " pear,"]) == 3 and ending.reason is None
+
+
+def test_npc_settings_refuse_a_negative_switch_interval():
+    """The in-process engine's thread switch interval is a named, checked setting."""
+    import pytest
+
+    from npc.service import NpcSettings
+
+    assert NpcSettings().switch_interval_ms == 0.0  # Python's own unless asked
+    with pytest.raises(ValueError, match="switch_interval_ms"):
+        NpcSettings(switch_interval_ms=-1)
