@@ -186,3 +186,44 @@ async def test_a_failing_route_answers_500_and_the_shard_keeps_serving(shard):
     writer.close()
     w = await join(shard.ws_url)
     await close_all(w)
+
+
+def _masked(payload: bytes, first: int) -> bytes:
+    """One masked client frame with first byte `first` (FIN/opcode), any payload under 64 KiB."""
+    mask = os.urandom(4)
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return bytes([first]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_mixed_frames_in_one_read_are_handled_in_order(shard):
+    """Whole text frames (short and 16-bit length), a control ping, a frame cut across writes and a
+    fragmented message, read together after admission, are each answered once, messages in order."""
+    import orjson
+
+    reader, writer = await _raw_upgrade(shard.port)
+    writer.write(_masked(orjson.dumps({"t": "hello", "v": 1, "name": unique_name("mix")}), 0x81))
+    assert orjson.loads((await _read_frame(reader))[1])["t"] == "welcome"
+
+    def ping(ct) -> bytes:
+        return orjson.dumps({"t": "ping", "ct": ct})
+
+    long_ct = "x" * 200
+    fragmented = ping(4)
+    cut = _masked(ping(5), 0x81)
+    writer.write(_masked(ping(1), 0x81) + _masked(ping(long_ct), 0x81) + _masked(b"hi", 0x89)
+                 + _masked(ping(3), 0x81) + cut[:4])
+    await writer.drain()
+    writer.write(cut[4:] + _masked(fragmented[:6], 0x01) + _masked(fragmented[6:], 0x80)
+                 + _masked(ping(6), 0x81))
+    got = []
+    while len(got) < 7:
+        opcode, payload = await _read_frame(reader)
+        if opcode == 0xA:
+            got.append(("pong frame", payload))
+        elif opcode == 0x1 and (msg := orjson.loads(payload))["t"] == "pong":
+            got.append(msg["ct"])
+    # The core's control replies go out when the read is done, after the messages' replies.
+    assert [g for g in got if not isinstance(g, tuple)] == [1, long_ct, 3, 5, 4, 6]
+    assert ("pong frame", b"hi") in got
+    writer.close()
