@@ -11,6 +11,8 @@ head (the Hugging Face layout), so those rows are permuted back here.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,32 @@ def load_gguf(path: Path | str, *, dtype: torch.dtype = torch.float32,
 
     Raises `ModelLoadError` for unsupported architectures, unknown tensors or shape mismatches.
     """
+    with _gc_paused():
+        return _load_gguf(path, dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Cyclic garbage collection off for the block (reference counting still frees).
+
+    Why: `GGUFReader` builds ~500k small Python objects for the default model (a numpy
+    memmap per metadata part: every tokenizer token and merge), all alive until the load
+    ends. While they pile up, full collections come every second or two, each walking all
+    of them with the GIL held: 0.3-0.8 s during which a shard loading its model in a
+    background thread serves no player. The reader holds no reference cycles: it is freed
+    by reference counting as `_load_gguf` returns, before collection resumes.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_gguf(path: Path | str, *, dtype: torch.dtype, device: torch.device | str,
+               ) -> tuple[Transformer, Tokenizer]:
     try:
         reader = GGUFReader(str(path))
     except (OSError, ValueError) as e:
