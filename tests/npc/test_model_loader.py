@@ -5,6 +5,7 @@ quantised tensors are compared with `gguf`'s own dequantisation of the same byte
 """
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import replace
 
@@ -201,6 +202,25 @@ def test_unloadable_paths_and_models_raise_model_load_error(tmp_path):
     w.close()
     with pytest.raises(ModelLoadError, match="falcon"):
         load_model(tmp_path / "falcon.gguf")
+
+
+def test_gguf_load_leaves_garbage_collection_as_it_found_it(tmp_path):
+    """GC is paused only while a GGUF file loads: on again after a load or a failed one, and
+    left off for a caller who had turned it off."""
+    write_tiny_gguf(tmp_path / "t.gguf", random_model(tiny_cfg()), "llama")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    assert gc.isenabled()
+    load_model(tmp_path / "t.gguf")
+    assert gc.isenabled()
+    with pytest.raises(ModelLoadError):
+        load_model(tmp_path / "junk.gguf")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_model(tmp_path / "t.gguf")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_device_and_dtype_resolution():
