@@ -29,18 +29,61 @@ class TokenBucket:
 
 
 class Limits:
-    """The buckets of one connection, by message class."""
+    """The buckets of one connection, by message class, each made on first use.
 
-    __slots__ = ("move", "chat", "action", "misc", "abuse")
+    A bucket nobody used yet would be full anyway, so making it late changes nothing; an
+    idle player then holds none of them (five buckets were ~0.6 KB a connection).
+    """
+
+    __slots__ = ("_settings", "_move", "_chat", "_action", "_misc", "_abuse")
 
     def __init__(self, settings) -> None:
-        s = settings
-        self.move = TokenBucket(s.move_rate, s.move_burst)
-        # "5 lines per 10 s with bursts": the whole allowance may be spent at once.
-        self.chat = TokenBucket(s.chat_lines / s.chat_window_s, s.chat_lines)
-        self.action = TokenBucket(s.action_rate, s.action_burst)
-        self.misc = TokenBucket(s.misc_rate, s.misc_burst)
-        self.abuse = TokenBucket(s.abuse_rate, s.abuse_burst)
+        self._settings = settings
+        self._move = self._chat = self._action = self._misc = self._abuse = None
+
+    @property
+    def move(self) -> TokenBucket:
+        """Meters `move`."""
+        if self._move is None:
+            s = self._settings
+            self._move = TokenBucket(s.move_rate, s.move_burst)
+        return self._move
+
+    @property
+    def chat(self) -> TokenBucket:
+        """Meters `chat`: "5 lines per 10 s with bursts", the whole allowance may go at once."""
+        if self._chat is None:
+            s = self._settings
+            self._chat = TokenBucket(s.chat_lines / s.chat_window_s, s.chat_lines)
+        return self._chat
+
+    @property
+    def action(self) -> TokenBucket:
+        """Meters `place` and `remove`."""
+        if self._action is None:
+            s = self._settings
+            self._action = TokenBucket(s.action_rate, s.action_burst)
+        return self._action
+
+    @property
+    def misc(self) -> TokenBucket:
+        """Meters every other message type."""
+        if self._misc is None:
+            s = self._settings
+            self._misc = TokenBucket(s.misc_rate, s.misc_burst)
+        return self._misc
+
+    @property
+    def abuse(self) -> TokenBucket:
+        """Meters errors; running dry escalates to a close."""
+        if self._abuse is None:
+            s = self._settings
+            self._abuse = TokenBucket(s.abuse_rate, s.abuse_burst)
+        return self._abuse
+
+    def made(self) -> int:
+        """How many buckets exist yet (for footprint checks)."""
+        return sum(b is not None for b in (self._move, self._chat, self._action, self._misc, self._abuse))
 
     def for_type(self, kind: str) -> TokenBucket:
         """The bucket that meters messages of type `kind`."""
