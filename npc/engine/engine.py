@@ -27,6 +27,7 @@ from npc.engine.detok import Detokenizer
 from npc.engine.errors import Busy, EngineClosed, RequestTooLong
 from npc.engine.metrics import EngineMetrics
 from npc.engine.model import Transformer
+from npc.engine.quant import MAX_KERNEL_ROWS
 from npc.engine.runner import Runner, blocks_in_budget
 from npc.engine.scheduler import Scheduler, SchedulerConfig
 from npc.engine.sequence import Priority, SamplingParams, Sequence, Status
@@ -57,7 +58,13 @@ class EngineSettings:
     kv_budget_mb: float = 512.0  # memory for the KV pages (prefix cache and block accounting)
     max_model_len: int = 1024  # prompt plus completion, capped at the model's max_position
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
-    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
+    # "auto" (int8 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16", or "int8":
+    # weight-only int8 projections and head with fp32 activations and KV, CPU only (see
+    # npc/engine/quant.py for the kernel choice and the parity bound against fp32).
+    dtype: str = "auto"
+    # With int8 weights: forward passes of up to this many tokens use the int8 kernel,
+    # larger ones fp32 GEMM on the same (dequantised) weights.
+    int8_max_rows: int = MAX_KERNEL_ROWS
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     # Decodes sharing a cached prefix (one NPC's persona) read its K/V once per group. The
     # logits move by float noise (~3e-5, like a change of batch size), which can flip a
@@ -72,8 +79,10 @@ class EngineSettings:
             raise ValueError("block_size must be >= 1")
         if self.kv_budget_mb <= 0:
             raise ValueError("kv_budget_mb must be > 0")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}")
+        if self.dtype not in ("auto", "int8") and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto, int8 or one of {sorted(_DTYPES)}")
+        if self.int8_max_rows < 0:
+            raise ValueError("int8_max_rows must be >= 0")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
@@ -86,10 +95,17 @@ class EngineSettings:
         return torch.device(self.device)
 
     def resolved_dtype(self) -> torch.dtype:
-        """The weight/KV dtype: fp32 on CPU (fastest there without AMX), bf16 on CUDA."""
-        if self.dtype == "auto":
+        """The activation/KV dtype (and weights', unless int8): fp32 on CPU, bf16 on CUDA."""
+        if self.dtype in ("auto", "int8"):
             return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
         return _DTYPES[self.dtype]
+
+    def int8_weights(self) -> bool:
+        """Whether projections are int8 (asked for, or auto on a CPU); raises ValueError off the CPU."""
+        on_cpu = self.resolved_device().type == "cpu"
+        if self.dtype == "int8" and not on_cpu:
+            raise ValueError("dtype int8 is implemented for the CPU only")
+        return self.dtype == "int8" or (self.dtype == "auto" and on_cpu)
 
 
 @dataclass(frozen=True)
@@ -156,14 +172,16 @@ class EngineCore:
                                       settings.token_budget, max_len)
         self.blocks = BlockManager(num_blocks, settings.block_size)
         self.scheduler = Scheduler(self.config, self.blocks)
+        int8_rows = settings.int8_max_rows if settings.int8_weights() else None
         self.runner = Runner(model, num_blocks=num_blocks, block_size=settings.block_size,
-                             max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype)
+                             max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype,
+                             int8_max_rows=int8_rows)
         if settings.share_prefix_attention:
             self.runner.min_shared_prefix = max(32, 2 * settings.block_size)
         self.metrics = EngineMetrics()
         self.eos_ids = frozenset(tokenizer.eos_ids)
-        log.info("engine on %s/%s: %d KV blocks of %d tokens + %d rows of up to %d tokens (%.0f MiB now)",
-                 device, str(dtype).removeprefix("torch."), num_blocks, settings.block_size,
+        log.info("engine on %s/%s%s: %d KV blocks of %d tokens + %d rows of up to %d tokens (%.0f MiB now)",
+                 device, str(dtype).removeprefix("torch."), "" if int8_rows is None else " (int8 weights)", num_blocks, settings.block_size,
                  settings.max_running, max_len, self.runner.cache_bytes / 2**20)
 
     def check(self, prompt: list[int], params: SamplingParams) -> None:

@@ -15,6 +15,7 @@ flat batch (T,) with their positions (T,).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,13 +100,21 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)  # (P, D/2)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) -> cos, sin (T, 1, D/2): looked up once per forward, used by every layer."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # x (T, H, D); the first and second halves of D form the rotated pairs.
-        cos = self.cos[positions].unsqueeze(1)  # (T, 1, D/2)
-        sin = self.sin[positions].unsqueeze(1)
-        x1, x2 = x.float().chunk(2, dim=-1)  # (T, H, D/2) each
-        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return out.to(x.dtype)
+        """x (T, H, D) rotated to `positions` (T,)."""
+        return rotate(x, self.tables(positions))
+
+
+def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x (T, H, D) rotated by cos/sin (T, 1, D/2); the two halves of D form the rotated pairs."""
+    cos, sin = tables
+    x1, x2 = x.float().chunk(2, dim=-1)  # (T, H, D/2) each
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -117,15 +126,25 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c, self.nkv * self.hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(c, self.nkv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.nh * self.hd, c, bias=False)
+        # Set by `fuse_projections`: q, k and v in one matmul (q_proj/k_proj/v_proj then unused).
+        self.qkv_proj: nn.Module | None = None
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 ctx: AttentionContext, layer: int) -> torch.Tensor:
         t = x.shape[0]
-        q = rotary(self.q_proj(x).view(t, self.nh, self.hd), positions)  # (T, Hq, D)
-        k = rotary(self.k_proj(x).view(t, self.nkv, self.hd), positions)  # (T, Hkv, D)
-        v = self.v_proj(x).view(t, self.nkv, self.hd)  # (T, Hkv, D)
+        nq, nkv = self.nh * self.hd, self.nkv * self.hd
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x)  # (T, (Hq + 2 Hkv) D)
+            # q and k are adjacent: one rotation call for both.
+            qk = rotate(qkv[:, :nq + nkv].view(t, self.nh + self.nkv, self.hd), rope)  # (T, Hq + Hkv, D)
+            q, k = qk[:, :self.nh], qk[:, self.nh:]
+            v = qkv[:, nq + nkv:].view(t, self.nkv, self.hd)
+        else:
+            q = rotate(self.q_proj(x).view(t, self.nh, self.hd), rope)  # (T, Hq, D)
+            k = rotate(self.k_proj(x).view(t, self.nkv, self.hd), rope)  # (T, Hkv, D)
+            v = self.v_proj(x).view(t, self.nkv, self.hd)  # (T, Hkv, D)
         out = ctx.attend(layer, q, k, v)  # (T, Hq, D)
-        return self.o_proj(out.reshape(t, self.nh * self.hd))  # (T, C)
+        return self.o_proj(out.reshape(t, nq))  # (T, C)
 
 
 class MLP(nn.Module):
@@ -134,9 +153,15 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        # Set by `fuse_projections`: gate and up in one matmul (gate_proj/up_proj then unused).
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (T, I) each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -147,9 +172,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 ctx: AttentionContext, layer: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, ctx, layer)
+        x = x + self.self_attn(self.input_layernorm(x), rope, ctx, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -169,14 +194,47 @@ class Transformer(nn.Module):
                 ctx: AttentionContext) -> torch.Tensor:
         """input_ids (T,), positions (T,) -> final hidden states (T, C), normalised."""
         x = self.embed_tokens(input_ids)  # (T, C)
+        rope = self.rotary.tables(positions)  # (T, 1, D/2) twice
         for i, block in enumerate(self.layers):
-            x = block(x, positions, self.rotary, ctx, i)
+            x = block(x, rope, ctx, i)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (N, C) -> logits (N, V) in fp32."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()
+
+
+def fuse_projections(model: Transformer) -> Transformer:
+    """A copy of `model` computing q/k/v, and gate/up, each in one matmul (same outputs).
+
+    The copy shares every other tensor with `model`, which is left unchanged; only the
+    fused weights are new memory. Fewer, wider matmuls cost less per step than many
+    narrow ones, which matters most when a step is one token.
+    """
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    fused = copy.deepcopy(model, memo=shared)
+    for block in fused.layers:
+        attn, mlp = block.self_attn, block.mlp
+        if attn.qkv_proj is None:
+            attn.qkv_proj = _concat_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+            del attn.q_proj, attn.k_proj, attn.v_proj
+        if mlp.gate_up_proj is None:
+            mlp.gate_up_proj = _concat_linears(mlp.gate_proj, mlp.up_proj)
+            del mlp.gate_proj, mlp.up_proj
+    return fused
+
+
+def _concat_linears(*parts: nn.Linear) -> nn.Linear:
+    """One Linear whose output is the parts' outputs side by side."""
+    w = parts[0].weight
+    out = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None,
+                    device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([p.weight for p in parts]))
+        if out.bias is not None:
+            out.bias.copy_(torch.cat([p.bias for p in parts]))
+    return out.requires_grad_(False)
 
 
 def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Transformer:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from npc.engine.model import Transformer
+from npc.engine.model import Transformer, fuse_projections
+from npc.engine.quant import quantize_int8
 from npc.engine.sampling import Sampler
 from npc.engine.scheduler import Work
 from npc.engine.sequence import Sequence, Status
@@ -164,12 +165,20 @@ class Runner:
     """Runs scheduled work through the model and samples next tokens."""
 
     def __init__(self, model: Transformer, *, num_blocks: int, block_size: int, max_running: int,
-                 row_len: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 row_len: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 int8_max_rows: int | None = None) -> None:
+        """`int8_max_rows` not None: run a weight-only int8 copy of the model (fp32 on the CPU
+        only), with the int8 kernel for passes of up to that many tokens."""
         if min(num_blocks, block_size, max_running, row_len) < 1:
             raise ValueError("num_blocks, block_size, max_running and row_len must be >= 1")
         self.device = torch.device(device)
         self.dtype = dtype
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        model = model.to(device=self.device, dtype=dtype)
+        # The engine's working copy: projections fused (or int8), the caller's model unchanged.
+        if int8_max_rows is None:
+            self.model = fuse_projections(model).eval()
+        else:
+            self.model = quantize_int8(model, max_kernel_rows=int8_max_rows).eval()
         cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks

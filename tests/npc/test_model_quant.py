@@ -1,18 +1,17 @@
-"""Weight-only int8 (npc.engine.quant): exact kernel semantics on a tiny model, a stated
-parity bound on the default model."""
+"""Weight-only int8 (npc.engine.quant): exact kernel semantics on a tiny model, the two
+kernels agreeing, fused projections, and a stated parity bound on the default model."""
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from npc.engine.model import DenseContext, ModelConfig, Transformer, random_model
+from npc.engine.model import DenseContext, ModelConfig, Transformer, fuse_projections, random_model
 from npc.engine.quant import Int8Linear, quantize_int8
 
-# Bound for the default model, fp32 vs int8 weights with bf16 activations, over every
-# position of a chat prompt. Measured: mean 0.30, top-1 agreement 94%.
+# Bound for the default model, fp32 vs int8 weights (bf16 activations into the int8
+# projections, fp32 elsewhere), over every position of a chat prompt. Measured: mean
+# |dlogit| 0.30, top-1 agreement 94-97% (docs/benchmarks.md).
 MEAN_ABS_BOUND = 0.6
 TOP1_AGREEMENT_MIN = 0.85
 
@@ -21,14 +20,15 @@ def test_int8_linear_equals_its_dequantised_weights():
     """Int8Linear computes x @ (q * scale).T + b: the same as F.linear on the rounded weights."""
     torch.manual_seed(0)
     w, b = torch.randn(48, 64), torch.randn(48)
-    lin = Int8Linear(w, b, torch.bfloat16)
+    lin = Int8Linear(w, b)
     x = torch.randn(5, 64)
     step = w.abs().amax(1) / 127  # (48,) one quantisation step per row
     deq = lin.qweight.float() * lin.scale.float()[:, None]
     # Half a step from rounding, plus up to a quarter step from the scale's bf16 rounding.
     assert ((deq - w).abs().amax(1) <= 0.75 * step).all()
-    want = F.linear(x.bfloat16().float(), deq) + b.bfloat16().float()
-    assert torch.allclose(lin(x).float(), want, atol=0.05, rtol=0.02)
+    want = F.linear(x.bfloat16().float(), deq) + b
+    assert lin(x).dtype == torch.float32
+    assert torch.allclose(lin(x), want, atol=0.05, rtol=0.02)
     assert lin(x.reshape(5, 1, 64)).shape == (5, 1, 48)
 
 
@@ -37,7 +37,7 @@ def test_quantized_tiny_model_keeps_the_api_and_close_logits():
     cfg = ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2,
                       num_heads=4, num_kv_heads=2, max_position=128, qkv_bias=True, tie_embeddings=False)
     ref = random_model(cfg, seed=1, std=0.1)
-    q = quantize_int8(copy.deepcopy(ref))
+    q = quantize_int8(ref)
     ids, pos = torch.tensor([1, 5, 9, 200]), torch.arange(4)
     with torch.inference_mode():
         a = ref.logits(ref(ids, pos, DenseContext()))
@@ -50,7 +50,7 @@ def test_quantized_tiny_model_keeps_the_api_and_close_logits():
 def test_int8_default_model_stays_within_the_stated_bound(default_model):
     """On the default model int8 logits stay within the documented mean/top-1 bound of fp32."""
     model, tok = default_model
-    q = quantize_int8(copy.deepcopy(model))
+    q = quantize_int8(model)
     ids = tok.render_chat([{"role": "system", "content": "You are Bram, the village blacksmith."},
                            {"role": "user", "content": "Hello! What do you sell, and what does it cost?"}])
     x, pos = torch.tensor(ids), torch.arange(len(ids))
@@ -59,6 +59,7 @@ def test_int8_default_model_stays_within_the_stated_bound(default_model):
         b = q.logits(q(x, pos, DenseContext()))
     mean = (a - b).abs().mean().item()
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    print(f"int8 vs fp32: mean |dlogit| {mean:.3f}, top-1 agreement {agree:.3f}")
     assert mean <= MEAN_ABS_BOUND, mean
     assert agree >= TOP1_AGREEMENT_MIN, agree
 
@@ -71,3 +72,47 @@ def test_quantizing_off_cpu_is_refused():
         model = Transformer(cfg)
     with pytest.raises(ValueError, match="CPU"):
         quantize_int8(model)
+
+
+def tiny_cfg() -> ModelConfig:
+    return ModelConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_layers=2,
+                       num_heads=4, num_kv_heads=2, max_position=128, qkv_bias=True, tie_embeddings=False)
+
+
+def test_int8_and_fp32_kernels_agree_bit_for_bit_nearly_everywhere():
+    """Below and above max_kernel_rows the same int8 layer gives the same bf16-rounded outputs
+    (99.9%+ identical, the rest one bf16 step apart), so batch size does not steer tokens."""
+    torch.manual_seed(0)
+    w = torch.randn(256, 128) * 0.05
+    small, large = Int8Linear(w, None, max_kernel_rows=64), Int8Linear(w, None, max_kernel_rows=0)
+    x = torch.randn(32, 128)
+    with torch.inference_mode():
+        a, b = small(x), large(x)
+    same = (a == b).float().mean().item()
+    step = a.abs().clamp(min=1e-30) * 2.0 ** -7  # one bf16 step at each value
+    assert same >= 0.99, same
+    assert ((a - b).abs() <= step + 1e-12).all()
+
+
+def test_fused_projections_give_the_same_logits_and_leave_the_model_alone():
+    """fuse_projections computes q/k/v and gate/up in one matmul each with the same logits
+    (float noise only), sharing the other weights and leaving the original unfused."""
+    ref = random_model(tiny_cfg(), seed=3, std=0.1)
+    fused = fuse_projections(ref)
+    assert fused.layers[0].self_attn.qkv_proj is not None and ref.layers[0].self_attn.qkv_proj is None
+    assert hasattr(ref.layers[0].self_attn, "q_proj") and not hasattr(fused.layers[0].self_attn, "q_proj")
+    assert fused.embed_tokens.weight is ref.embed_tokens.weight
+    ids, pos = torch.tensor([1, 5, 9, 200, 7]), torch.arange(5)
+    with torch.inference_mode():
+        a = ref.logits(ref(ids, pos, DenseContext()))
+        b = fused.logits(fused(ids, pos, DenseContext()))
+    assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_quantize_leaves_the_float_model_unchanged():
+    """quantize_int8 returns a new model; the fp32 one keeps its weights and logits."""
+    ref = random_model(tiny_cfg(), seed=4, std=0.1)
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    quantize_int8(ref)
+    assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
+    assert isinstance(ref.layers[0].self_attn.q_proj, torch.nn.Linear)
