@@ -75,8 +75,10 @@ def fixed_part(persona: Persona, facts: Sequence[str]) -> list[Message]:
     if known:
         lines.append("Things you know:")
         lines.extend(f"- {fact}" for fact in known)
+    # Measured (bench/npc_quality.py): a word limit, where "keep answers short" was, took
+    # the default model's answers from 27.6 to 20.6 tokens and right facts from 10 to 12 of 14.
     lines.append(f"Stay in character as {persona.name}. Speak only for yourself, never for "
-                 "the player. Keep answers short, and end with a full sentence.")
+                 "the player. Answer in one short sentence of at most fifteen words.")
     messages = [{"role": "system", "content": "\n".join(lines)}]
     for line, answer in persona.examples:
         messages.append({"role": "user", "content": line})
