@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worldstate.entities import Entity, Pose
+from worldstate.heap import release_free_heap
 from worldstate.spatial import Grid, PairBand, near_pairs, within
 
 
@@ -65,6 +66,10 @@ class Views:
     LOOSE_COST = 4000
     # From this many loose observers on, their exact views come from one numpy pass.
     BATCH_MIN = 12
+    # After rebuilding a band this big (pairs), give the rebuild's freed temporaries back to
+    # the OS: ~1 ms against a rebuild of 100+ ms, and ~2 KB per observer less resident in a
+    # dense world (10,000 players in a square kilometre hold ~1.1 M pairs).
+    TRIM_AFTER_PAIRS = 1 << 18
 
     def __init__(self, aoi: float, *, ents: list[Entity | None], xs: list[float], zs: list[float],
                  grid: Grid, skin: float | None = None, rebuild_limit: int | None = None) -> None:
@@ -364,6 +369,8 @@ class Views:
         alive = self._alive()
         observers = np.fromiter(self._views.keys(), np.int64, len(self._views))
         self._band.rebuild(xy[0], xy[1], alive, observers)
+        if len(self._band) >= self.TRIM_AFTER_PAIRS:
+            release_free_heap()
         self._ax = list(self._xs)
         self._az = list(self._zs)
         self._loose.clear()

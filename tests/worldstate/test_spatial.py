@@ -106,3 +106,22 @@ def test_band_reports_flips_and_masks_loose_pairs():
     obs, ent, now = band.changes(xs, zs, loose)
     assert sorted(zip(obs, ent, now)) == [(0, 1, False), (0, 2, True)]
     assert band.changes(xs, zs, loose) == ([], [], [])
+
+
+def test_release_free_heap_works_where_the_c_library_can():
+    """Trimming the heap is a glibc call: it runs there, and is a harmless no-op elsewhere."""
+    import platform
+
+    from worldstate.heap import release_free_heap
+    assert release_free_heap() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_big_band_rebuilds_trim_the_heap_and_views_stay_exact(monkeypatch):
+    """With the trim threshold at one pair, every rebuild trims, and diffs still equal the oracle's."""
+    from tests.worldstate.test_views_walk import walk
+    from worldstate import views
+    calls, real = [], views.release_free_heap
+    monkeypatch.setattr(views.Views, "TRIM_AFTER_PAIRS", 1)
+    monkeypatch.setattr(views, "release_free_heap", lambda: calls.append(1) or real())  # counts, then trims
+    walk(17, n=80, observers=20, ticks=40, step=0.8, skin=2.0, rebuild_limit=5)
+    assert calls
