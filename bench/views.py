@@ -5,6 +5,7 @@ area of interest. Prints a table and a final JSON line. Run:
 
     .venv/bin/python bench/views.py            # full size
     .venv/bin/python bench/views.py --quick    # small smoke run
+    .venv/bin/python bench/views.py --idle     # memory: 10,000 silent players joining 1 km^2
 """
 from __future__ import annotations
 
@@ -70,6 +71,68 @@ def step(world: World, rng: random.Random, players, npcs, heading, now_ms: int, 
         world.move(eid, Pose(p.x + math.cos(h) * dist, p.y, p.z + math.sin(h) * dist, h), now_ms)
 
 
+def resident_kb() -> int:
+    """This process's resident set (VmRSS) in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def idle(args) -> int:
+    """Players join as the shard admits them (add, watch, reset_view; `--join-per-tick` per
+    tick) and then stand still: the world's resident memory per player, the joins' CPU and
+    an idle tick's CPU. The connection layer's share is bench/load.py's idle scenario."""
+    rng = random.Random(args.seed)
+    size, n = args.size, args.observers
+    cfg = WorldConfig(name="bench", bounds=(0.0, 0.0, size, size), spawn=(size / 2, 0.0, size / 2),
+                      aoi=args.aoi, shout_range=args.aoi * 2, speed=args.speed)
+    world = World(cfg, skin=args.skin)
+    gc.collect()
+    before = resident_kb()
+    c0 = time.process_time()
+    worst = 0.0
+    for i in range(n):
+        # Uniform over a disc of radius size/2, as the load bench's spawn.
+        r, a = size / 2 * math.sqrt(rng.random()), rng.uniform(-math.pi, math.pi)
+        pid = f"p:{i}"
+        world.add(Entity(pid, "player", pid, Pose(size / 2 + r * math.cos(a), 0.0, size / 2 + r * math.sin(a))))
+        world.watch(pid)
+        world.reset_view(pid)
+        if (i + 1) % args.join_per_tick == 0 or i == n - 1:
+            t = time.process_time()
+            world.tick()
+            worst = max(worst, time.process_time() - t)
+    for _ in range(args.warmup):  # let the last joiners settle (a band rebuild)
+        world.tick()
+    join_cpu = time.process_time() - c0
+    gc.collect()
+    after = resident_kb()
+    c1 = time.process_time()
+    for _ in range(args.ticks):
+        world.tick()
+    idle_ms = (time.process_time() - c1) / args.ticks * 1000.0
+    view = statistics.fmean(len(world.view_ids(f"p:{i}")) for i in range(0, n, max(1, n // 500)))
+    kb = (after - before) / n
+    rows = [
+        ("players (all watching), world", f"{n}, {size:.0f} m square, aoi {args.aoi:.0f} m"),
+        ("mean view size", f"{view:.0f}"),
+        ("resident before / after", f"{before} / {after} KiB"),
+        ("resident per player", f"{kb:.2f} KiB"),
+        ("joins CPU (all ticks included)", f"{join_cpu:.1f} s; worst tick {worst * 1000:.0f} ms"),
+        ("idle tick CPU", f"{idle_ms:.3f} ms"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print(json.dumps({"bench": "worldstate-idle", "players": n, "size": size, "aoi": args.aoi,
+                      "mean_view": round(view, 1), "rss_before_kb": before, "rss_after_kb": after,
+                      "kb_per_player": round(kb, 2), "join_cpu_s": round(join_cpu, 2),
+                      "worst_tick_ms": round(worst * 1000, 1), "idle_tick_ms": round(idle_ms, 4)}))
+    return 0
+
+
 def main(argv=None) -> int:
     """Run the benchmark; print the table and a JSON line; exit 1 if any diff differs from the oracle."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +149,16 @@ def main(argv=None) -> int:
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() after building the world, as a long-running shard may")
     ap.add_argument("--quick", action="store_true", help="a small, fast smoke run")
+    ap.add_argument("--idle", action="store_true",
+                    help="memory of silent players instead: --observers players (default 10,000) join "
+                         "the world and stand still")
+    ap.add_argument("--join-per-tick", type=int, default=50,
+                    help="--idle: players admitted per tick (50 = the load bench's 1,000/s at 20 Hz)")
     args = ap.parse_args(argv)
+    if args.idle:
+        if args.observers == ap.get_default("observers"):
+            args.observers = 10_000
+        return idle(args)
     if args.quick:
         args.observers, args.entities, args.warmup, args.ticks, args.oracle_ticks = 100, 1000, 5, 10, 2
     rng = random.Random(args.seed)
