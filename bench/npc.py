@@ -14,8 +14,12 @@ per NPC, a short player line, up to 64 new tokens, greedy):
 llama.cpp is not included: `llama-cpp-python` ships no binary wheel on PyPI, and compiling
 it takes far longer than the benchmark on this machine.
 
-    .venv/bin/python bench/npc.py [--quick] [--model PATH] [--dtype fp32|bf16] [--no-baselines]
+    .venv/bin/python bench/npc.py [--quick] [--model PATH] [--dtype auto|int8|fp32|bf16] [--no-baselines]
     .venv/bin/python bench/npc.py --model-steps     # the model alone: fp32 vs bf16 vs int8
+
+The engine runs in `--dtype` (auto: what EngineSettings picks for the device, int8 weights
+on a CPU); the transformers baselines run in the float dtype the weights are loaded in
+(fp32 for auto and int8 on a CPU).
 
 Prints a table, then one JSON object as its last line.
 """
@@ -208,7 +212,7 @@ async def engine_ttft(engine: Engine, background: int, probes: int) -> dict:
 
 async def run_engine(model, tok, args) -> dict:
     """All engine phases, each on a fresh Engine over the same weights (fresh metrics, cache)."""
-    settings = EngineSettings(max_running=32, max_waiting=64, device=str(args.device), dtype=args.dtype_name,
+    settings = EngineSettings(max_running=32, max_waiting=64, device=str(args.device), dtype=args.engine_dtype,
                               threads=args.threads)
     out = {}
     async with Engine(model, tok, settings) as engine:
@@ -249,14 +253,16 @@ class CachedRows:
 def model_steps(path: Path, rounds: int = 4) -> dict:
     """Wall ms per decode step (batch 1 and 32, 300-token context) for fp32, bf16 and
     weight-only int8, best of interleaved rounds; plus each one's logits against fp32."""
-    from npc.engine.model import DenseContext
+    from npc.engine.model import DenseContext, fuse_projections
     from npc.engine.quant import quantize_int8
 
-    # Each variant loaded on its own (copies of one model timed erratically here).
+    # Each variant loaded on its own (copies of one model timed erratically here), with
+    # its projections fused as the engine runs it.
     fp32, tok = load_model(path, device="cpu", dtype=torch.float32)
-    variants = {"fp32": fp32, "bf16": load_model(path, device="cpu", dtype=torch.bfloat16)[0],
+    variants = {"fp32": fuse_projections(fp32),
+                "bf16": fuse_projections(load_model(path, device="cpu", dtype=torch.bfloat16)[0]),
                 "int8": quantize_int8(load_model(path, device="cpu", dtype=torch.float32)[0])}
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # activations and KV
     best: dict[str, float] = {}
     with torch.inference_mode():
         for _ in range(rounds):
@@ -272,7 +278,7 @@ def model_steps(path: Path, rounds: int = 4) -> dict:
                     best[key] = min(best.get(key, 1e9), (time.perf_counter() - t) / 3 * 1e3)
         ids = tok.render_chat(conversation(0))
         x, p = torch.tensor(ids), torch.arange(len(ids))
-        ref = fp32.logits(fp32(x, p, DenseContext()))
+        ref = variants["fp32"].logits(variants["fp32"](x, p, DenseContext()))
         for name in ("bf16", "int8"):
             got = variants[name].logits(variants[name](x, p, DenseContext()))
             best[f"{name}_mean_abs_dlogit"] = (got - ref).abs().mean().item()
@@ -285,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="GGUF file or HF directory (default: the default model)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="auto", help="auto, fp32 or bf16 (our engine and the baselines)")
+    ap.add_argument("--dtype", default="auto",
+                    help="auto, int8, fp32 or bf16 for our engine (baselines: the float weights it loads)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run in a minute or two")
     ap.add_argument("--no-baselines", action="store_true", help="skip the transformers baselines")
@@ -306,9 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device(args.device)
     t = time.perf_counter()
-    model, tok = load_model(path, device=device, dtype=None if args.dtype == "auto" else args.dtype)
+    engine_settings = EngineSettings(device=str(device), dtype=args.dtype)
+    model, tok = load_model(path, device=device, dtype=engine_settings.resolved_dtype())
     dtype = next(model.parameters()).dtype
     args.dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    args.engine_dtype = args.dtype
+    if engine_settings.int8_weights():
+        args.dtype_name = "int8"
     load_s = time.perf_counter() - t
     prompts = [tok.render_chat(conversation(i)) for i in range(32)]
     persona_tokens = [len(tok.encode(persona(i))) for i in range(len(NPCS))]

@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     chat.add_argument("--model", default=None, help="GGUF file or HF directory ('tiny': random test model)")
     chat.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    chat.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    chat.add_argument("--dtype", default="auto",
+                      help="auto (int8 on CPU, bfloat16 on CUDA) | int8 | float32 | bfloat16 | float16")
     chat.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     bench = sub.add_parser("bench", help="engine-only throughput and latency (see bench/npc.py for the full one)")
     bench.add_argument("--model", default=None, help="GGUF file or HF directory ('tiny': random test model)")
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--persona-repeat", type=int, default=4, help="persona length: 4 is ~300 SmolLM2 tokens")
     bench.add_argument("--arrival-ms", type=float, default=50.0, help="gap between arrivals in the load phase")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--dtype", default="auto")
+    bench.add_argument("--dtype", default="auto", help="as for chat")
     bench.add_argument("--threads", type=int, default=0)
     bench.add_argument("--share-prefix-attention", action="store_true",
                        help="decodes sharing a cached persona read its K/V once per group")

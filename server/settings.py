@@ -77,7 +77,8 @@ class Settings:
                                      "first use), a GGUF file or Hugging Face directory, 'tiny' (a random "
                                      "test model) or 'none' (NPCs stay silent)")
     npc_device: str = _opt("auto", "device for the NPC engine: auto, cpu, cuda or cuda:N")
-    npc_dtype: str = _opt("auto", "NPC engine dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    npc_dtype: str = _opt("auto", "NPC engine dtype: auto (int8 weights on CPU, bfloat16 on CUDA), int8, "
+                                  "float32, bfloat16, float16")
     npc_max_running: int = _opt(16, "NPC answers decoding together")
     npc_max_waiting: int = _opt(16, "NPC answers queued beyond those; more get npc_end busy at once")
     npc_context_tokens: int = _opt(1536, "token budget of an NPC prompt plus its answer")
