@@ -13,47 +13,73 @@ import math
 import time
 
 import orjson
+from websockets.protocol import State
 
-from server.protocol import state_frame
+from server.protocol import text_frame
 from server.sessions import Session, now_ms
 
 log = logging.getLogger("worldsmith.tick")
 
 # Housekeeping that needn't run every tick.
 _GRACE_SWEEP_S = 1.0
+_OPEN = State.OPEN
+
+
+class _Entered(dict):
+    """Entity -> its `enter` fragment (the whole entity object), encoded on first use."""
+
+    __slots__ = ()
+
+    def __missing__(self, entity) -> bytes:
+        frag = self[entity] = orjson.dumps(entity.to_wire())
+        return frag
+
+
+class _Updated(dict):
+    """Entity -> its `upd` fragment `[id,x,y,z,yaw]`, encoded on first use."""
+
+    __slots__ = ()
+
+    def __missing__(self, entity) -> bytes:
+        p = entity.pose
+        frag = self[entity] = orjson.dumps([entity.id, p.x, p.y, p.z, p.yaw])
+        return frag
+
+
+class _Left(dict):
+    """Id -> its `leave` fragment (the quoted id), encoded on first use."""
+
+    __slots__ = ()
+
+    def __missing__(self, eid: str) -> bytes:
+        frag = self[eid] = orjson.dumps(eid)
+        return frag
 
 
 class FragmentCache:
-    """Per-tick encodings of entity changes, shared by every observer."""
+    """One tick's encodings of entity changes, shared by every observer, and the frames joined
+    from them. Entities are keyed by identity (the world owns one live object per id), so a
+    lookup hashes no string and a whole list maps to fragments without a Python loop."""
 
-    __slots__ = ("enter", "upd", "leave")
+    __slots__ = ("head", "_enter", "_upd", "_leave")
 
-    def __init__(self) -> None:
-        self.enter: dict[str, bytes] = {}
-        self.upd: dict[str, bytes] = {}
-        self.leave: dict[str, bytes] = {}
+    def __init__(self, tick: int, st: int) -> None:
+        self.head = b'{"t":"state","tick":%d,"st":%d,"ack":' % (tick, st)
+        self._enter = _Entered().__getitem__
+        self._upd = _Updated().__getitem__
+        self._leave = _Left().__getitem__
 
-    def entered(self, entity) -> bytes:
-        """The `enter` fragment (full entity object) of `entity`, encoded once per tick."""
-        frag = self.enter.get(entity.id)
-        if frag is None:
-            frag = self.enter[entity.id] = orjson.dumps(entity.to_wire())
-        return frag
-
-    def updated(self, entity) -> bytes:
-        """The `upd` fragment `[id,x,y,z,yaw]` of `entity`, encoded once per tick."""
-        frag = self.upd.get(entity.id)
-        if frag is None:
-            p = entity.pose
-            frag = self.upd[entity.id] = orjson.dumps([entity.id, p.x, p.y, p.z, p.yaw])
-        return frag
-
-    def left(self, eid: str) -> bytes:
-        """The `leave` fragment (the quoted id)."""
-        frag = self.leave.get(eid)
-        if frag is None:
-            frag = self.leave[eid] = orjson.dumps(eid)
-        return frag
+    def state(self, ack: int, enter, upd, leave) -> bytes:
+        """A `state` payload: `enter`/`upd` hold entities, `leave` ids (any sized iterables)."""
+        parts = [self.head, b"%d" % ack]
+        if enter:
+            parts += (b',"enter":[', b",".join(map(self._enter, enter)), b"]")
+        if upd:
+            parts += (b',"upd":[', b",".join(map(self._upd, upd)), b"]")
+        if leave:
+            parts += (b',"leave":[', b",".join(map(self._leave, leave)), b"]")
+        parts.append(b"}")
+        return b"".join(parts)
 
 
 class Ticker:
@@ -64,6 +90,7 @@ class Ticker:
         self._next_pose_flush = time.monotonic() + shard.settings.pose_flush_s
         self._next_sweep = time.monotonic() + _GRACE_SWEEP_S
         self.failures = 0
+        self._count = self._bytes = 0  # states written this tick, and their bytes
 
     async def run(self) -> None:
         """The loop; one tick per period, catching up by skipping rather than bunching."""
@@ -94,10 +121,9 @@ class Ticker:
         shard = self.shard
         shard.tick_no += 1
         diffs = shard.world.tick()
-        cache = FragmentCache()
-        enter_cache, upd_cache, leave_cache = cache.enter, cache.upd, cache.leave
-        st = now_ms()
+        frames = FragmentCache(shard.tick_no, now_ms())
         mono = time.monotonic()
+        self._count = self._bytes = 0
         # Only players with something to send are visited: a view diff, a new ack, or a
         # stale view waiting for its buffer to drain. Idle players cost nothing per tick.
         due, shard.due = shard.due, set()
@@ -106,30 +132,36 @@ class Ticker:
             session = online.get(pid)
             if session is None:
                 continue
+            diff = diffs.get(pid)
             if not self._writable(session, mono):
                 if not session.stale:
-                    self._go_stale(session, diffs.get(pid))
+                    self._go_stale(session, diff)
                 shard.due.add(pid)  # look again next tick
                 continue
             if session.stale:
                 shard.send_full_view(session)
-                continue
-            diff = diffs.get(pid)
-            if diff is None:
-                if session.ack != session.sent_ack:
-                    self._send(session, state_frame(shard.tick_no, st, session.ack, [], [], []))
-                continue
-            # The hot loop of a crowd (observers x entities in view): a dict hit per entry,
-            # the encoding call only on a miss.
-            enter = [enter_cache.get(e.id) or cache.entered(e) for e in diff.enter]
-            upd = [upd_cache.get(e.id) or cache.updated(e) for e in diff.upd]
-            leave = [leave_cache.get(i) or cache.left(i) for i in diff.leave]
-            self._send(session, state_frame(shard.tick_no, st, session.ack, enter, upd, leave))
+            elif diff is not None:
+                self._write(session, frames.state(session.ack, diff.enter, diff.upd, diff.leave))
+            elif session.ack != session.sent_ack:
+                self._write(session, frames.state(session.ack, (), (), ()))
+        if self._count:
+            shard.metrics.messages_out.inc("state", by=self._count)
+            shard.metrics.bytes_out.inc("state", by=self._bytes)
         self._housekeeping(mono)
 
-    def _send(self, session: Session, frame: bytes) -> None:
-        if self.shard.write(session, frame, "state"):
-            session.sent_ack = session.ack
+    def _write(self, session: Session, payload: bytes) -> None:
+        """Queue one state on a transport `_writable` passed this tick (`Shard.write` without
+        its per-frame bookkeeping: the tick counts its states once)."""
+        conn = session.conn
+        if conn.protocol.state is not _OPEN:
+            return
+        transport = conn.transport
+        transport.write(text_frame(payload))
+        if transport.get_write_buffer_size() > self.shard.settings.send_buffer_limit:
+            self.shard.due.add(session.pid)  # the next tick checks it against the stuck limit
+        session.sent_ack = session.ack
+        self._count += 1
+        self._bytes += len(payload)
 
     def _go_stale(self, session: Session, unsent) -> None:
         """Start skipping state: remember what the client holds, i.e. the world's view
