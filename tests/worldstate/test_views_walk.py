@@ -99,3 +99,34 @@ def test_finely_chunked_pair_passes_match_oracle(monkeypatch):
     monkeypatch.setattr(Views, "BATCH_MIN", 2)
     walk(13, n=120, observers=40, ticks=80, step=0.8, skin=2.0, rebuild_limit=10,
          teleports=0.01, churn=0.3)
+
+
+def test_idle_loose_endpoints_are_settled_by_a_rebuild(monkeypatch):
+    """Players who join and then stand still stop costing exact queries: a rebuild settles them
+    once their queries add up to a rebuild's cost, and an idle world never rebuilds again."""
+    rebuilt_at = []
+    real = Views.tick
+
+    def spy(self, population):
+        out = real(self, population)
+        rebuilt_at.append(out[1])
+        return out
+
+    monkeypatch.setattr(Views, "tick", spy)
+    rng = random.Random(3)
+    world = World(WorldConfig(bounds=(-100.0, -100.0, 100.0, 100.0), aoi=30.0))
+    oracle, watching = Oracle(30.0), []
+    for i in range(12):  # fewer than the loose limit: joins alone never force a rebuild
+        pid = f"p:{i}"
+        world.add(Entity(pid, "player", pid, Pose(rng.uniform(-100, 100), 0.0, rng.uniform(-100, 100))))
+        world.watch(pid)
+        watching.append(pid)
+        diffs = world.tick()
+        expected = oracle.tick(world.entities(), watching)
+        assert {o: {e.id for e in d.enter} for o, d in diffs.items()} == {o: e.enter for o, e in expected.items()}
+    joined = len(rebuilt_at)
+    for _ in range(Views.REBUILD_QUERIES + 10):
+        assert world.tick() == {}
+    idle = rebuilt_at[joined:]
+    assert any(idle)
+    assert not any(idle[idle.index(True) + 1:])
