@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import pytest
+import torch
 
 from npc.engine.engine import Engine, EngineSettings, Result
 from npc.engine.errors import Busy, EngineClosed
@@ -52,6 +53,19 @@ async def test_concurrent_streams_match_sequential(engine: Engine) -> None:
     for q, (_, r) in zip(questions, together):
         _, alone = await collect(engine.submit(ask(q), GREEDY))
         assert r.token_ids == alone.token_ids
+
+
+@pytest.mark.parametrize("weights", [dict(dtype="float32"), dict(dtype="int8", int8_max_rows=2)])
+async def test_batched_greedy_matches_one_at_a_time_per_dtype(weights: dict) -> None:
+    """fp32 weights, and int8 weights whose kernel switches with the batch size (the int8
+    kernel for steps of 1-2 tokens, fp32 GEMM beyond), give the same greedy tokens
+    together as alone."""
+    questions = [f"Tell me about item {i}." for i in range(4)]
+    async with Engine(tiny_model(), tiny_tokenizer(), settings(**weights)) as eng:
+        together = await asyncio.gather(*(collect(eng.submit(ask(q), GREEDY)) for q in questions))
+        for q, (_, r) in zip(questions, together):
+            _, alone = await collect(eng.submit(ask(q), GREEDY))
+            assert r.token_ids == alone.token_ids
 
 
 async def test_cancel_frees_kv_blocks(engine: Engine) -> None:
@@ -184,6 +198,16 @@ def test_settings_validate_and_derive_the_token_budget() -> None:
     assert EngineSettings(max_running=32).token_budget == 128
     assert EngineSettings(max_running=100, max_waiting=10).token_budget == 200
     for bad in (dict(max_running=0), dict(max_running=64, token_budget=32), dict(kv_budget_mb=0),
-                dict(dtype="int3"), dict(device="tpu"), dict(threads=-1), dict(block_size=0)):
+                dict(dtype="int3"), dict(device="tpu"), dict(threads=-1), dict(block_size=0),
+                dict(int8_max_rows=-1)):
         with pytest.raises(ValueError):
             EngineSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_dtype_auto_is_int8_weights_on_cpu_and_int8_is_cpu_only() -> None:
+    """auto means int8 weights with fp32 activations on a CPU; int8 elsewhere is refused."""
+    auto = EngineSettings(device="cpu")
+    assert auto.int8_weights() and auto.resolved_dtype() == torch.float32
+    assert not EngineSettings(device="cpu", dtype="float32").int8_weights()
+    with pytest.raises(ValueError, match="CPU"):
+        EngineSettings(device="cuda", dtype="int8").int8_weights()
