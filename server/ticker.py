@@ -128,6 +128,9 @@ class Ticker:
         # stale view waiting for its buffer to drain. Idle players cost nothing per tick.
         due, shard.due = shard.due, set()
         online = shard.sessions.online
+        # Players waiting for an ack go first: a move's ack latency includes its place in
+        # this loop, while a state that only carries others' moves is as fresh either way.
+        later = []
         for pid in due.union(diffs):
             session = online.get(pid)
             if session is None:
@@ -140,10 +143,15 @@ class Ticker:
                 continue
             if session.stale:
                 shard.send_full_view(session)
+            elif session.ack == session.sent_ack:
+                if diff is not None:
+                    later.append((session, diff))
             elif diff is not None:
                 self._write(session, frames.state(session.ack, diff.enter, diff.upd, diff.leave))
-            elif session.ack != session.sent_ack:
+            else:
                 self._write(session, frames.state(session.ack, (), (), ()))
+        for session, diff in later:
+            self._write(session, frames.state(session.ack, diff.enter, diff.upd, diff.leave))
         if self._count:
             shard.metrics.messages_out.inc("state", by=self._count)
             shard.metrics.bytes_out.inc("state", by=self._bytes)
