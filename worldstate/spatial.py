@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,8 +12,9 @@ class Grid:
     """Uniform grid of square cells mapping cell -> the keys (ints) standing in it.
 
     The grid remembers each key's cell, not its position: callers keep positions in plain
-    lists indexed by key. A bucket is a dict with None values used as a set, because a dict
-    of ints is invisible to Python's cyclic GC while a set is not.
+    lists indexed by key. Keys are slots (0 <= key < 2**31). A bucket is an int32 array: ~70
+    bytes for a lone key where a dict took ~260 (a sparse world has a cell per player, and
+    there are two grids), invisible to Python's cyclic GC, and buckets stay small.
     """
 
     __slots__ = ("cell", "_cells", "_where")
@@ -21,7 +23,7 @@ class Grid:
         if not (cell > 0 and math.isfinite(cell)):
             raise ValueError(f"cell size must be a positive finite number, got {cell!r}")
         self.cell = float(cell)
-        self._cells: dict[tuple[int, int], dict[int, None]] = {}
+        self._cells: dict[tuple[int, int], array] = {}
         self._where: dict[int, tuple[int, int]] = {}
 
     def _key(self, x: float, z: float) -> tuple[int, int]:
@@ -40,9 +42,9 @@ class Grid:
         self._where[key] = ck
         bucket = self._cells.get(ck)
         if bucket is None:
-            self._cells[ck] = {key: None}
+            self._cells[ck] = array("i", (key,))
         else:
-            bucket[key] = None
+            bucket.append(key)
 
     def update(self, key: int, x: float, z: float) -> None:
         """Record that `key` now stands at (x, z); cheap when it stays in its cell."""
@@ -54,9 +56,9 @@ class Grid:
         self._where[key] = ck
         bucket = self._cells.get(ck)
         if bucket is None:
-            self._cells[ck] = {key: None}
+            self._cells[ck] = array("i", (key,))
         else:
-            bucket[key] = None
+            bucket.append(key)
 
     def remove(self, key: int) -> None:
         """Take `key` out of the grid (no-op when absent)."""
@@ -66,11 +68,11 @@ class Grid:
 
     def _discard(self, key: int, ck: tuple[int, int]) -> None:
         bucket = self._cells[ck]
-        del bucket[key]
+        bucket.remove(key)
         if not bucket:
             del self._cells[ck]
 
-    def candidates(self, x: float, z: float, radius: float) -> Iterator[dict[int, None]]:
+    def candidates(self, x: float, z: float, radius: float) -> Iterator[array]:
         """Yield the cell buckets (iterate them for keys) that may hold keys within `radius`
         of (x, z): a superset of the keys in range."""
         c = self.cell
