@@ -283,7 +283,9 @@ def shard_npc_metrics(http: str | None) -> dict:
         total = rows[-1][1]
         for q in (0.5, 0.99):
             bound = next((b for b, n in rows if total and n >= q * total), None)
-            out[f"{name}_p{int(q * 100)}_ms_le"] = None if bound in (None, math.inf) else round(1000 * bound)
+            top = max((b for b, _ in rows if b != math.inf), default=0.0)
+            out[f"{name}_p{int(q * 100)}_ms_le"] = (None if bound is None else f"> {round(1000 * top)}"
+                                                    if bound == math.inf else round(1000 * bound))
     steps, prompt = values.get("npc_engine_steps_total"), values.get("npc_engine_prompt_tokens_total")
     if prompt and steps:
         done = sum(v for k, v in values.items() if k.startswith("npc_engine_finished_total["))
