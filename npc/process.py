@@ -167,14 +167,20 @@ class ProcessEngine:
         delay = self.settings.restart_delay_s
         while not self._closed:
             started = time.monotonic()
-            was_ready = await self._run_child()
+            try:
+                was_ready, code = await self._run_child(), self.proc.returncode
+            except (OSError, ValueError) as e:  # could not start it; a line past LINE_LIMIT
+                was_ready, code = False, e
             if self._closed:
                 return
             self.metrics.restarts += 1
-            delay = self.settings.restart_delay_s if was_ready else min(2 * delay, self.settings.restart_max_s)
-            log.warning("NPC worker process exited (code %s) after %.1f s; starting another in %.1f s",
-                        self.proc.returncode, time.monotonic() - started, delay)
+            if was_ready:
+                delay = self.settings.restart_delay_s
+            log.warning("NPC worker process exited (%s) after %.1f s; starting another in %.1f s",
+                        code, time.monotonic() - started, delay)
             await asyncio.sleep(delay)  # back-off between restarts, not synchronisation
+            if not was_ready:
+                delay = min(2 * delay, self.settings.restart_max_s)
 
     async def _run_child(self) -> bool:
         """Run one child until it exits; True if it became ready."""
