@@ -163,10 +163,12 @@ class PairBand:
 
 
 # Candidate pairs examined per numpy pass in `near_pairs_chunks`: the temporaries of one pass
-# (~40 bytes a candidate) stay near 10 MB however many observers a rebuild covers. One pass
+# (~40 bytes a candidate) stay near 3 MB however many observers a rebuild covers. One pass
 # over everything at 10,000 observers in a square kilometre (~7.5 M candidates) peaked at
-# ~300 MB, and glibc kept most of it as heap the process never gave back.
-NEAR_PAIRS_CHUNK = 1 << 18
+# ~300 MB, and glibc keeps freed mid-sized blocks as heap: with 2,000 idle players in 1 km²
+# the world held 7.6 KB each with 2**18 a pass, 3.9 with 2**16, 2.9 with 2**14 (rebuild
+# times alike within this machine's noise).
+NEAR_PAIRS_CHUNK = 1 << 16
 
 
 def near_pairs(xs: np.ndarray, zs: np.ndarray, alive: np.ndarray, observers: np.ndarray,
