@@ -67,8 +67,8 @@ class Views:
     # From this many loose observers on, their exact views come from one numpy pass.
     BATCH_MIN = 12
     # After rebuilding a band this big (pairs), give the rebuild's freed temporaries back to
-    # the OS: ~1 ms against a rebuild of 100+ ms, and ~2 KB per observer less resident in a
-    # dense world (10,000 players in a square kilometre hold ~1.1 M pairs).
+    # the OS: ~2 ms (median) against a rebuild of 100+ ms, and ~2 KB per observer less
+    # resident in a dense world (10,000 players in a square kilometre hold ~1.1 M pairs).
     TRIM_AFTER_PAIRS = 1 << 18
     # A rebuild costs about as much as this many exact queries plus one per this many band
     # pairs (measured: 132 ms for 1.1 M pairs against ~125 us a query; ~3 ms for 11,000).
