@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import orjson
 
 from npc.engine.errors import Busy, EngineClosed
-from npc.engine.metrics import Histogram
 from npc.engine.sequence import Priority, SamplingParams
-from npc.queue import Accepted, Done, GenerateRequest, Piece, Rejected, Sampling, WireError, parse
+from npc.queue import Accepted, Done, GenerateRequest, Piece, Rejected, WireError, parse
+from npc.remote.metrics import AnswerTally
 from npc.remote.stream import RemoteReplyStream
 
 log = logging.getLogger("worldsmith.npc.process")
@@ -73,23 +73,13 @@ class ProcessSettings:
         return cmd + (["--model", self.model] if self.model else [])
 
 
-class ProcessMetrics:
+class ProcessMetrics(AnswerTally):
     """What the shard sees of its child engine, for /metrics (shaped like the other engines')."""
 
     def __init__(self, engine: "ProcessEngine") -> None:
-        self._engine = engine
-        self.ttft = Histogram()
-        self.finished_by: dict[str, int] = {}
-        self.completion_tokens = 0
+        super().__init__(engine)
         self.rejected_busy = 0
         self.restarts = 0
-
-    def finished(self, result) -> None:
-        """Record one ended answer."""
-        self.finished_by[result.finish_reason] = self.finished_by.get(result.finish_reason, 0) + 1
-        self.completion_tokens += result.completion_tokens
-        if result.timings.ttft_s is not None:
-            self.ttft.observe(result.timings.ttft_s)
 
     def snapshot(self) -> dict[str, float | int | None]:
         """A flat dict of current values (latencies in seconds)."""
@@ -227,24 +217,14 @@ class ProcessEngine:
         if len(self._calls) >= self.settings.max_running + self.settings.max_waiting:
             self.metrics.rejected_busy += 1
             raise Busy("the NPC worker process is full")
-        params = params or SamplingParams()
-        now = time.monotonic()
-        if timeout is not None:
-            deadline = min(deadline, now + timeout) if deadline is not None else now + timeout
-        try:
-            request = GenerateRequest(
-                f"p{next(self._ids)}",
-                tuple((m["role"], m["content"]) for m in messages) if messages is not None else (),
-                tuple(prompt_ids) if prompt_ids is not None else None, Sampling.from_params(params),
-                None if deadline is None else time.time() + (deadline - now), priority.name.lower())
-        except WireError as e:
-            raise ValueError(str(e)) from None
+        request, deadline = GenerateRequest.for_submit(f"p{next(self._ids)}", messages, prompt_ids,
+                                                       params or SamplingParams(), deadline, timeout, priority)
         call = RemoteReplyStream(self, request, deadline)
         self._calls[call.id] = call
         self._write(request.to_wire())
         if deadline is not None:
             asyncio.get_running_loop().call_later(
-                max(0.0, deadline - now) + self.settings.deadline_grace_s,
+                max(0.0, deadline - time.monotonic()) + self.settings.deadline_grace_s,
                 functools.partial(self._end, call, "cancelled", detail="deadline"))
         return call
 

@@ -85,6 +85,27 @@ class GenerateRequest:
         if self.priority not in ("high", "normal", "low"):
             raise WireError("priority must be high, normal or low")
 
+    @classmethod
+    def for_submit(cls, request_id: str, messages, prompt_ids, params, deadline: float | None,
+                   timeout: float | None, priority: Priority) -> "tuple[GenerateRequest, float | None]":
+        """The request an engine-shaped client sends for `Engine.submit`'s arguments.
+
+        `deadline` is on the monotonic clock, `timeout` seconds from now (the earlier wins);
+        returns the request (its deadline in Unix time) and the monotonic deadline. A bad
+        argument raises ValueError, as `Engine.submit` does.
+        """
+        now = time.monotonic()
+        if timeout is not None:
+            deadline = min(deadline, now + timeout) if deadline is not None else now + timeout
+        try:
+            request = cls(request_id,
+                          tuple((m["role"], m["content"]) for m in messages) if messages is not None else (),
+                          tuple(prompt_ids) if prompt_ids is not None else None, Sampling.from_params(params),
+                          None if deadline is None else time.time() + (deadline - now), priority.name.lower())
+        except WireError as e:
+            raise ValueError(str(e)) from None
+        return request, deadline
+
     @property
     def engine_priority(self) -> Priority:
         return Priority[self.priority.upper()]

@@ -27,7 +27,7 @@ import orjson
 
 from npc.engine.errors import Busy, EngineClosed
 from npc.engine.sequence import Priority, SamplingParams
-from npc.queue import Accepted, Done, GenerateRequest, Piece, Rejected, Sampling, WireError, parse
+from npc.queue import Accepted, Done, GenerateRequest, Piece, Rejected, WireError, parse
 from npc.remote.link import Link, Outgoing
 from npc.remote.metrics import RemoteMetrics
 from npc.remote.stream import RemoteReplyStream
@@ -143,18 +143,9 @@ class RemoteEngine:
         if self._closed:
             raise EngineClosed("the remote engine is closed")
         self._admit()
-        params = params or SamplingParams()
-        now = time.monotonic()
-        if timeout is not None:
-            deadline = min(deadline, now + timeout) if deadline is not None else now + timeout
-        try:
-            request = GenerateRequest(
-                f"{self._id_prefix}{next(self._ids)}",
-                tuple((m["role"], m["content"]) for m in messages) if messages is not None else (),
-                tuple(prompt_ids) if prompt_ids is not None else None, Sampling.from_params(params),
-                None if deadline is None else time.time() + (deadline - now), priority.name.lower())
-        except WireError as e:
-            raise ValueError(str(e)) from None
+        request, deadline = GenerateRequest.for_submit(f"{self._id_prefix}{next(self._ids)}", messages,
+                                                       prompt_ids, params or SamplingParams(), deadline,
+                                                       timeout, priority)
         call = RemoteReplyStream(self, request, deadline)
         self._calls[call.id] = call
         self._offer(call)

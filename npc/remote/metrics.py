@@ -10,19 +10,15 @@ from __future__ import annotations
 from npc.engine.metrics import Histogram
 
 
-class RemoteMetrics:
-    """Counters kept by a RemoteEngine, plus its workers' last load reports."""
+class AnswerTally:
+    """What a shard counts of the answers an engine outside its thread gave: how each ended,
+    tokens, time to first token. Shared by the remote and the child-process engines."""
 
     def __init__(self, engine) -> None:
         self._engine = engine
         self.ttft = Histogram()
         self.finished_by: dict[str, int] = {}
         self.completion_tokens = 0
-        self.busy_local = 0       # refused at submit: no broker, no worker, all full
-        self.busy_remote = 0      # refused by a worker
-        self.reoffered = 0        # requests offered to the workers again
-        self.workers_lost = 0
-        self.duplicates = 0       # duplicate deliveries dropped (pieces, or a second worker)
 
     def finished(self, result) -> None:
         """Record one ended answer."""
@@ -30,6 +26,18 @@ class RemoteMetrics:
         self.completion_tokens += result.completion_tokens
         if result.timings.ttft_s is not None:
             self.ttft.observe(result.timings.ttft_s)
+
+
+class RemoteMetrics(AnswerTally):
+    """Counters kept by a RemoteEngine, plus its workers' last load reports."""
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine)
+        self.busy_local = 0       # refused at submit: no broker, no worker, all full
+        self.busy_remote = 0      # refused by a worker
+        self.reoffered = 0        # requests offered to the workers again
+        self.workers_lost = 0
+        self.duplicates = 0       # duplicate deliveries dropped (pieces, or a second worker)
 
     def snapshot(self) -> dict[str, float | int | None]:
         """A flat dict of current values (latencies in seconds), keys as the engine's where shared."""
