@@ -52,6 +52,11 @@ def _npc_hook(settings: Settings) -> NpcHook:
             model=model, device=settings.npc_device, dtype=settings.npc_dtype,
             max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
             max_model_len=settings.npc_context_tokens, threads=settings.npc_threads), tokenizer=load_tokenizer(model))
+    else:
+        # The engine (and PyTorch) imported now, before the listener opens: initialising torch's
+        # extension holds the GIL for up to a second, which in the background loading thread
+        # would stall every connected player (docs/benchmarks.md, "The 250 ms tail").
+        import npc.engine.engine  # noqa: F401
     return NpcService(engine=engine, owns_engine=True, settings=NpcSettings(
         model=model, device=settings.npc_device, dtype=settings.npc_dtype,
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
