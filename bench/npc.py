@@ -11,8 +11,9 @@ per NPC, a short player line, up to 64 new tokens, greedy):
 - ttft_p50_s             first-token time of new requests while 16 others decode (persona warm)
 - ttft_cold_s / _warm_s  first token of a lone request with an unseen / cached persona
 
-llama.cpp is not included: `llama-cpp-python` ships no binary wheel on PyPI, and compiling
-it takes far longer than the benchmark on this machine.
+- peer_llama_cpp_tok_s   llama.cpp on the same 4-bit GGUF, one stream (decode), only where
+                         `llama-cpp-python` is installed (no binary wheel on PyPI: it compiles
+                         from source, ~15+ min here); null otherwise
 
     .venv/bin/python bench/npc.py [--quick] [--model PATH] [--dtype auto|int8|fp32|bf16] [--no-baselines]
     .venv/bin/python bench/npc.py --model-steps     # the model alone: fp32 vs bf16 vs int8
@@ -136,6 +137,24 @@ def hf_static(model, prompts: list[list[int]], eos: frozenset[int], pad: int) ->
     elapsed = time.perf_counter() - start
     tokens = sum(count_until_eos(row[width:].tolist(), eos) for row in out)
     return {"tok_s": tokens / elapsed, "tokens": tokens, "seconds": elapsed, "batch": len(prompts)}
+
+
+def llama_cpp_single(path: Path, prompt: list[int], threads: int) -> dict | None:
+    """llama.cpp on the same 4-bit GGUF, one stream: decode tokens/s after the first token.
+
+    A peer, not a dependency: runs only where `llama-cpp-python` is installed (it builds from
+    source here: `pip install llama-cpp-python`); None otherwise.
+    """
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+    stamps = []
+    for _ in llm.create_completion(prompt, max_tokens=MAX_NEW, temperature=0.0, top_k=1, stream=True):
+        stamps.append(time.perf_counter())
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+    return {"tok_s": decode, "tokens": len(stamps)}
 
 
 # -- our engine ---------------------------------------------------------------------------
@@ -354,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += [(f"transformers generate, one at a time ({seq['requests']})", f"{seq['tok_s']:.1f} tok/s"),
                  (f"transformers generate, static batch of {static['batch']}", f"{static['tok_s']:.1f} tok/s"),
                  ("engine aggregate / static baseline", f"{report['agg_tok_s'] / static['tok_s']:.2f}x")]
+        peer = llama_cpp_single(path, prompts[0], torch.get_num_threads())
+        report["peer_llama_cpp_tok_s"] = peer and peer["tok_s"]
+        rows.append(("llama.cpp (llama-cpp-python), one stream (decode)",
+                     f"{peer['tok_s']:.1f} tok/s ({peer['tokens']} tokens)" if peer else "not installed"))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
