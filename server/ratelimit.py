@@ -28,6 +28,27 @@ class TokenBucket:
         return False
 
 
+class _Lazy:
+    """A `Limits` attribute whose bucket is made on first use, from `settings` by `make`."""
+
+    __slots__ = ("make", "slot")
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = owner.__dict__["_" + name]  # the slot descriptor that holds the bucket
+
+    def __get__(self, limits, owner=None):
+        if limits is None:
+            return self
+        bucket = self.slot.__get__(limits)
+        if bucket is None:
+            bucket = TokenBucket(*self.make(limits._settings))
+            self.slot.__set__(limits, bucket)
+        return bucket
+
+
 class Limits:
     """The buckets of one connection, by message class, each made on first use.
 
@@ -37,49 +58,16 @@ class Limits:
 
     __slots__ = ("_settings", "_move", "_chat", "_action", "_misc", "_abuse")
 
+    move = _Lazy(lambda s: (s.move_rate, s.move_burst))
+    # "5 lines per 10 s with bursts": the whole allowance may go at once.
+    chat = _Lazy(lambda s: (s.chat_lines / s.chat_window_s, s.chat_lines))
+    action = _Lazy(lambda s: (s.action_rate, s.action_burst))  # place and remove
+    misc = _Lazy(lambda s: (s.misc_rate, s.misc_burst))  # every other message type
+    abuse = _Lazy(lambda s: (s.abuse_rate, s.abuse_burst))  # errors; running dry escalates to a close
+
     def __init__(self, settings) -> None:
         self._settings = settings
         self._move = self._chat = self._action = self._misc = self._abuse = None
-
-    @property
-    def move(self) -> TokenBucket:
-        """Meters `move`."""
-        if self._move is None:
-            s = self._settings
-            self._move = TokenBucket(s.move_rate, s.move_burst)
-        return self._move
-
-    @property
-    def chat(self) -> TokenBucket:
-        """Meters `chat`: "5 lines per 10 s with bursts", the whole allowance may go at once."""
-        if self._chat is None:
-            s = self._settings
-            self._chat = TokenBucket(s.chat_lines / s.chat_window_s, s.chat_lines)
-        return self._chat
-
-    @property
-    def action(self) -> TokenBucket:
-        """Meters `place` and `remove`."""
-        if self._action is None:
-            s = self._settings
-            self._action = TokenBucket(s.action_rate, s.action_burst)
-        return self._action
-
-    @property
-    def misc(self) -> TokenBucket:
-        """Meters every other message type."""
-        if self._misc is None:
-            s = self._settings
-            self._misc = TokenBucket(s.misc_rate, s.misc_burst)
-        return self._misc
-
-    @property
-    def abuse(self) -> TokenBucket:
-        """Meters errors; running dry escalates to a close."""
-        if self._abuse is None:
-            s = self._settings
-            self._abuse = TokenBucket(s.abuse_rate, s.abuse_burst)
-        return self._abuse
 
     def made(self) -> int:
         """How many buckets exist yet (for footprint checks)."""
