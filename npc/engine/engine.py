@@ -43,9 +43,10 @@ class EngineSettings:
     """Capacity and placement of one engine.
 
     Memory: `kv_budget_mb` of KV pages (the blocks the prefix cache shares), plus one
-    contiguous KV row per running sequence (what attention reads), all rows as long as
-    the longest sequence so far (doubling from 256, at most `max_model_len`). For
-    SmolLM2-135M in fp32 a token's K/V is 45 KiB: 32 rows of 1024 tokens take 1.4 GiB.
+    contiguous KV row per running sequence (what attention reads), each `max_model_len`
+    long. On a CPU the rows are reserved address space that takes RAM only as sequences
+    write into it: for SmolLM2-135M in fp32 a token's K/V is 45 KiB, so 32 full rows of
+    1024 tokens would commit 1.4 GiB, 32 answers of ~350 tokens about 0.5 GiB.
     """
 
     max_running: int = 32  # sequences decoding together
@@ -180,7 +181,7 @@ class EngineCore:
             self.runner.min_shared_prefix = max(32, 2 * settings.block_size)
         self.metrics = EngineMetrics()
         self.eos_ids = frozenset(tokenizer.eos_ids)
-        log.info("engine on %s/%s%s: %d KV blocks of %d tokens + %d rows of up to %d tokens (%.0f MiB now)",
+        log.info("engine on %s/%s%s: %d KV blocks of %d tokens + %d rows of up to %d tokens (%.0f MiB reserved)",
                  device, str(dtype).removeprefix("torch."), "" if int8_rows is None else " (int8 weights)", num_blocks, settings.block_size,
                  settings.max_running, max_len, self.runner.cache_bytes / 2**20)
 

@@ -5,17 +5,19 @@ gate/up fused, see `fuse_projections`) and the output head are stored as int8 wi
 scale per output row: a quarter of fp32's bytes. The rest of the model (embeddings, norms,
 rotary, attention, the KV cache) stays fp32.
 
-The int8 kernel (`torch.ops.aten._weight_int8pack_mm`, bf16 activations) is a GEMV at
-heart: on this AVX2 CPU it is 2-3x faster than fp32 for a handful of rows and slower
-than fp32's GEMM from a batch of ~16 up. So each layer also keeps its dequantised
-weights in fp32 and picks the kernel by the number of rows in the step: int8 for up to
-`max_kernel_rows`, fp32 beyond. Both compute bf16(x) @ (q * scale).T rounded to bf16,
-so they agree bit for bit on 99.98% of outputs (the rest by one bf16 step): a sequence's
-greedy tokens do not depend on which kernel its batch happened to use.
+Every step computes y = bf16(bf16(x) @ q.T) * scale, rounded to bf16: the matmul on the
+integer weights first, the row scales after. Two kernels give that same value:
+- up to `max_kernel_rows` rows (tokens) in the step, `torch.ops.aten._weight_int8pack_mm`
+  (bf16 activations, int8 weights, unit scales): a GEMV at heart, reading 1 byte a weight;
+- more rows, a GEMM on the same integers held wider: bf16 (exact for -127..127) where the
+  CPU multiplies bf16 natively (AVX512-BF16/AMX, about twice fp32's GEMM speed), else fp32.
+Both accumulate in fp32 and round once to bf16 before the scale, so they agree bit for bit
+on 99.99% of outputs (the rest one bf16 step apart; measured on 3072x576 weights from 1
+to 128 rows): a sequence's greedy tokens do not depend on which kernel its batch used.
 
-Parity against fp32 weights (default model, every position of a chat prompt): mean
-|logit - fp32 logit| 0.28, top-1 agreement 100% measured; the bound asserted (mean <= 0.6,
-top-1 >= 85%) is in tests/npc/test_model_quant.py, the figures in docs/benchmarks.md.
+Parity against fp32 weights (default model, every position of a chat prompt): the mean
+|logit - fp32 logit| and top-1 agreement measured are in docs/benchmarks.md; the bound
+asserted (mean <= 0.6, top-1 >= 85%) is in tests/npc/test_model_quant.py.
 """
 from __future__ import annotations
 
@@ -25,29 +27,39 @@ from torch import nn
 
 from npc.engine.model import Transformer, fuse_projections
 
-# Steps of up to this many rows (tokens) use the int8 kernel; more use fp32 GEMM.
-# Measured crossover on the 2-core AVX2 VM: int8 wins 2-3x at 1-4 rows, ties near 16.
+# Steps of up to this many rows (tokens) use the int8 kernel; more use the wide GEMM.
+# Measured crossovers: ~6-8 rows against bf16 GEMM (AVX512-BF16), ~16 against fp32 (AVX2).
 MAX_KERNEL_ROWS = 8
 
 
-class Int8Linear(nn.Module):
-    """y = bf16(x) @ (q * scale).T (+ bias), rounded to bf16, returned in x's dtype.
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (then the wide kernel is bf16, else fp32)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
-    q (N, K) int8 and scale (N,) bf16, one scale per output row. `dequant` (N, K) holds
-    q * scale in fp32 for steps of more than `max_kernel_rows` rows.
+
+class Int8Linear(nn.Module):
+    """y = bf16(bf16(x) @ q.T) * scale (+ bias), rounded to bf16, returned in x's dtype.
+
+    q (N, K) int8 and scale (N,) bf16, one scale per output row. `wide` (N, K) holds q in
+    bf16 or fp32 for steps of more than `max_kernel_rows` rows.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *,
-                 max_kernel_rows: int = MAX_KERNEL_ROWS) -> None:
+                 max_kernel_rows: int = MAX_KERNEL_ROWS, wide_bf16: bool | None = None) -> None:
         super().__init__()
         if max_kernel_rows < 0:
             raise ValueError("max_kernel_rows must be >= 0")
         w = weight.detach().float()
         scale = (w.abs().amax(dim=1).clamp(min=1e-12) / 127.0).to(torch.bfloat16)  # (N,)
         q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        self.wide_bf16 = native_bf16() if wide_bf16 is None else wide_bf16
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
-        self.register_buffer("dequant", q.float() * scale.float()[:, None])
+        self.register_buffer("unit", torch.ones_like(scale))  # the int8 kernel's scales: 1
+        self.register_buffer("wide", q.to(torch.bfloat16 if self.wide_bf16 else torch.float32))
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.max_kernel_rows = max_kernel_rows
         self.in_features, self.out_features = w.shape[1], w.shape[0]
@@ -56,10 +68,12 @@ class Int8Linear(nn.Module):
         shape = x.shape  # (..., K)
         xb = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
         if xb.shape[0] <= self.max_kernel_rows:
-            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.scale)  # (M, N) bf16
+            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.unit)  # (M, N) bf16
+        elif self.wide_bf16:
+            y = F.linear(xb, self.wide)
         else:
-            y = F.linear(xb.float(), self.dequant).to(torch.bfloat16)
-        y = y.to(x.dtype)
+            y = F.linear(xb.float(), self.wide).to(torch.bfloat16)
+        y = (y * self.scale).to(x.dtype)  # bf16 product, rounded once
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)

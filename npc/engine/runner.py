@@ -5,8 +5,11 @@ Two KV stores, both preallocated:
   the named KV budget. Position p of a sequence lives in slot
   `block_table[p // bs] * bs + p % bs`. This is what the block manager accounts for and
   what the prefix cache shares between requests.
-- Rows: per layer (Hkv, R, cap, D), one contiguous row per running sequence, `cap`
-  growing by doubling (up to `row_len`, the longest sequence) as sequences grow. Every
+- Rows: per layer (Hkv, R, row_len, D), one contiguous row per running sequence, as
+  long as the longest sequence allowed. On a CPU they are reserved, not committed: the
+  memory is the OS's lazily zeroed pages (calloc), so a row costs RAM only as far as
+  sequences have written into it, and no row ever has to grow (growing by reallocating
+  stalled every running conversation for over a second at 256 -> 512 positions). Every
   new K/V goes to both; attention reads the rows. On a CPU, gathering scattered blocks
   into a padded batch every layer of every step cost as much as the matmuls; a row is
   read in place. A row is filled from the pages once, when a sequence starts from a
@@ -19,6 +22,8 @@ its own, causally over its row's prefix plus itself.
 """
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +68,23 @@ class _Shared:
     mask: torch.Tensor  # (1, m, 1, suffix): 0 where a member's tail exists, else -inf
 
 
+def _reserved_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor whose pages, on a CPU, are committed only when first written.
+
+    An anonymous mapping reads as zeros and takes RAM page by page as it is written (torch.zeros
+    would write every byte up front). Huge pages are declined: with them the first token of a
+    row committed 2 MiB per layer and head, over 300 MiB for one short conversation.
+    """
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    buf = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    # The tensor holds a reference to `buf`, which unmaps when the last view of it goes.
+    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
+
+
 class StepContext:
     """The AttentionContext for one packed forward pass: stores new K/V, attends over rows."""
 
@@ -87,7 +109,7 @@ class StepContext:
         r = self.runner
         r.k_pages[layer].index_copy_(0, self.slots, k)
         r.v_pages[layer].index_copy_(0, self.slots, v)
-        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (Hkv, R, row_cap, D)
+        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (Hkv, R, row_len, D)
         rk[:, self.row_of_token, self.pos_of_token] = k.transpose(0, 1)
         rv[:, self.row_of_token, self.pos_of_token] = v.transpose(0, 1)
         hq, d = q.shape[1], q.shape[2]
@@ -187,9 +209,9 @@ class Runner:
         self.k_pages = torch.zeros(pages, dtype=dtype, device=self.device)  # (L, S, Hkv, D)
         self.v_pages = torch.zeros(pages, dtype=dtype, device=self.device)
         self.max_running = max_running
-        self.row_cap = 0
-        self.k_rows = self.v_rows = torch.empty(0)  # (L, Hkv, R, row_cap, D) once grown
-        self._grow_rows(min(row_len, 256))
+        rows = (cfg.num_layers, cfg.num_kv_heads, max_running, row_len, cfg.head_dim)
+        self.k_rows = _reserved_zeros(rows, dtype, self.device)  # (L, Hkv, R, row_len, D)
+        self.v_rows = _reserved_zeros(rows, dtype, self.device)
         self._row_seq: list[Sequence | None] = [None] * max_running
         self._row_of: dict[int, int] = {}  # seq_id -> row
         self._filled: dict[int, int] = {}  # seq_id -> positions of its row holding valid K/V
@@ -201,7 +223,7 @@ class Runner:
 
     @property
     def cache_bytes(self) -> int:
-        """Memory held by the KV pages and rows."""
+        """Memory reserved for the KV pages and rows (rows commit RAM only as they are written)."""
         return sum(t.numel() * t.element_size() for t in (self.k_pages, self.v_pages, self.k_rows, self.v_rows))
 
     # -- rows -----------------------------------------------------------------------------
@@ -229,20 +251,6 @@ class Runner:
             self.k_rows[:, :, row, filled:start] = self.k_pages.index_select(1, slots).transpose(1, 2)
             self.v_rows[:, :, row, filled:start] = self.v_pages.index_select(1, slots).transpose(1, 2)
         self._filled[seq.seq_id] = start
-
-    def _grow_rows(self, need: int) -> None:
-        """Make rows hold at least `need` positions (doubling; never past row_len)."""
-        if need <= self.row_cap:
-            return
-        cap = min(self.row_len, max(need, 2 * self.row_cap))
-        cfg = self.model.cfg
-        shape = (cfg.num_layers, cfg.num_kv_heads, self.max_running, cap, cfg.head_dim)
-        for name in ("k_rows", "v_rows"):
-            grown = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if self.row_cap:
-                grown[..., :self.row_cap, :] = getattr(self, name)
-            setattr(self, name, grown)
-        self.row_cap = cap
 
     def _free_row(self, seq_id: int) -> None:
         row = self._row_of.pop(seq_id, None)
@@ -332,7 +340,6 @@ class Runner:
             seq, a, b = w.seq, w.start, w.start + w.count
             if b > self.row_len:
                 raise RuntimeError(f"sequence of {b} tokens exceeds the KV row length {self.row_len}")
-            self._grow_rows(b)
             row = self._row(seq)
             self._fill(seq, row, a)
             self._filled[seq.seq_id] = b
