@@ -54,6 +54,7 @@ class _Prefill:
     rows: slice  # this chunk's tokens in the packed batch
     row: int  # its sequence's KV row
     start: int  # position of its first token
+    mask: torch.Tensor | None = None  # (n, start + n) causal mask over its row, made once per step
 
 
 @dataclass(slots=True)
@@ -150,10 +151,11 @@ class StepContext:
                 end = p.start + n
                 kp = rk[:, p.row, :end].unsqueeze(0)  # (1, Hkv, end, D)
                 vp = rv[:, p.row, :end].unsqueeze(0)
-                # Query i sits at position start + i and sees positions <= start + i.
-                qpos = torch.arange(p.start, end, device=q.device).unsqueeze(1)
-                mask = torch.arange(end, device=q.device).unsqueeze(0) <= qpos  # (n, end)
-                op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, enable_gqa=True)
+                if p.mask is None:  # made by the first layer, reused by the others
+                    # Query i sits at position start + i and sees positions <= start + i.
+                    qpos = torch.arange(p.start, end, device=q.device).unsqueeze(1)
+                    p.mask = torch.arange(end, device=q.device).unsqueeze(0) <= qpos  # (n, end)
+                op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, enable_gqa=True)
             out[p.rows] = op.squeeze(0).transpose(0, 1)
         return out
 
@@ -245,11 +247,12 @@ class Runner:
     def _fill(self, seq: Sequence, row: int, start: int) -> None:
         """Copy positions [filled, start) of `seq` from the pages into its row (prefix hits)."""
         filled = min(self._filled[seq.seq_id], start)
-        if filled < start:
-            slots = torch.tensor(self._slots(seq.block_table, filled, start), dtype=torch.long, device=self.device)
+        # Slice by runs of adjacent slots (blocks are mostly allocated in order): a strided
+        # slice copy is several times faster than gathering the slots one by one.
+        for pos, slot, n in self._slot_runs(seq.block_table, filled, start):
             # (L, n, Hkv, D) -> (L, Hkv, n, D)
-            self.k_rows[:, :, row, filled:start] = self.k_pages.index_select(1, slots).transpose(1, 2)
-            self.v_rows[:, :, row, filled:start] = self.v_pages.index_select(1, slots).transpose(1, 2)
+            self.k_rows[:, :, row, pos:pos + n] = self.k_pages[:, slot:slot + n].transpose(1, 2)
+            self.v_rows[:, :, row, pos:pos + n] = self.v_pages[:, slot:slot + n].transpose(1, 2)
         self._filled[seq.seq_id] = start
 
     def _free_row(self, seq_id: int) -> None:
@@ -275,6 +278,22 @@ class Runner:
     def _slots(self, table: list[int], start: int, stop: int) -> list[int]:
         bs = self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]
+
+    def _slot_runs(self, table: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+        """Positions [start, stop) as runs of adjacent page slots: (position, slot, length)."""
+        bs = self.block_size
+        runs: list[tuple[int, int, int]] = []
+        pos = start
+        while pos < stop:
+            n = min(bs - pos % bs, stop - pos)
+            slot = table[pos // bs] * bs + pos % bs
+            if runs and runs[-1][1] + runs[-1][2] == slot:
+                p0, s0, n0 = runs[-1]
+                runs[-1] = (p0, s0, n0 + n)
+            else:
+                runs.append((pos, slot, n))
+            pos += n
+        return runs
 
     def _group_decodes(self, decodes: list[Work]) -> tuple[list[Work], list[tuple[list[Work], int]]]:
         """Split decodes into plain ones and groups sharing a long cached prefix (same blocks)."""

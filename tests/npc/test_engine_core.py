@@ -238,3 +238,14 @@ def test_kv_rows_are_reserved_not_committed() -> None:
     assert _resident_bytes() - before < 32 * 2**20
 
 
+
+
+def test_slot_runs_merge_adjacent_blocks_and_split_at_gaps() -> None:
+    """A prefix is copied from the pages as runs of adjacent slots, which must cover exactly its positions."""
+    runner = Runner(MODEL, num_blocks=16, block_size=4, max_running=2, row_len=64)
+    table = [3, 4, 9]  # blocks 3 and 4 are adjacent in the pages, 9 is not
+    runs = runner._slot_runs(table, 2, 11)
+    assert runs == [(2, 14, 6), (8, 36, 3)]
+    flat = [slot + i for _, slot, n in runs for i in range(n)]
+    assert flat == runner._slots(table, 2, 11)
+    assert runner._slot_runs(table, 5, 5) == []
