@@ -5,11 +5,12 @@ Two KV stores, both preallocated:
   the named KV budget. Position p of a sequence lives in slot
   `block_table[p // bs] * bs + p % bs`. This is what the block manager accounts for and
   what the prefix cache shares between requests.
-- Rows: per layer (Hkv, R, row_len, D), one contiguous row per running sequence, as
-  long as the longest sequence allowed. On a CPU they are reserved, not committed: the
-  memory is the OS's lazily zeroed pages (calloc), so a row costs RAM only as far as
-  sequences have written into it, and no row ever has to grow (growing by reallocating
-  stalled every running conversation for over a second at 256 -> 512 positions). Every
+- Rows: per layer (R, Hkv, row_len, D), one contiguous row per running sequence, as
+  long as the longest sequence allowed. On a CPU they are reserved, not committed: an
+  anonymous mapping whose zero pages take RAM only as sequences write into them, so no
+  row ever has to grow (growing by reallocating stalled every running conversation for
+  over a second at 256 -> 512 positions). Rows lead, heads follow, so the decodes' slice
+  of rows [0, span) folds into one matmul batch without a copy. Every
   new K/V goes to both; attention reads the rows. On a CPU, gathering scattered blocks
   into a padded batch every layer of every step cost as much as the matmuls; a row is
   read in place. A row is filled from the pages once, when a sequence starts from a
@@ -17,7 +18,7 @@ Two KV stores, both preallocated:
 
 A step packs every scheduled token (decodes first, then prefill chunks) into one flat
 forward pass, so the weights are read once for the whole batch. Attention then splits:
-all decodes in one SDPA call over their rows with a length mask; each prefill chunk on
+all decodes in one batched attention (two matmuls) over their rows with a length mask; each prefill chunk on
 its own, causally over its row's prefix plus itself.
 """
 from __future__ import annotations
@@ -101,7 +102,7 @@ class StepContext:
         self.decode_rows = decode_rows  # (B,) row of each decode
         self.span = span  # decodes use rows [0, span)
         self.length = length  # longest decode context
-        self.decode_mask = decode_mask  # (1, span, 1, length): 0 where attention may look, else -inf
+        self.decode_mask = decode_mask  # (span, 1, 1, length): 0 where attention may look, else -inf
         self.prefills = prefills
         self.shared = shared
 
@@ -110,9 +111,9 @@ class StepContext:
         r = self.runner
         r.k_pages[layer].index_copy_(0, self.slots, k)
         r.v_pages[layer].index_copy_(0, self.slots, v)
-        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (Hkv, R, row_len, D)
-        rk[:, self.row_of_token, self.pos_of_token] = k.transpose(0, 1)
-        rv[:, self.row_of_token, self.pos_of_token] = v.transpose(0, 1)
+        rk, rv = r.k_rows[layer], r.v_rows[layer]  # (R, Hkv, row_len, D)
+        rk[self.row_of_token, :, self.pos_of_token] = k  # the advanced index leads: (T, Hkv, D)
+        rv[self.row_of_token, :, self.pos_of_token] = v
         hq, d = q.shape[1], q.shape[2]
         hkv = k.shape[1]
         group = hq // hkv
@@ -122,22 +123,24 @@ class StepContext:
             # Each KV head's G query heads act as G query positions of that head, so rows
             # are used in place with no repeat for grouped-query attention. Rows in the span
             # that are not decoding this step get zero queries and a harmless mask.
-            qd = q[:b].view(b, hkv, group, d).transpose(0, 1)  # (Hkv, B, G, D)
+            qd = q[:b].view(b, hkv, group, d)  # (B, Hkv, G, D)
             if self.span == b and self.decode_rows is None:
                 qpad = qd
             else:
-                qpad = q.new_zeros(hkv, self.span, group, d)
-                qpad[:, self.decode_rows] = qd
-            kd = rk[:, :self.span, :self.length]  # (Hkv, span, L, D), a view
-            vd = rv[:, :self.span, :self.length]
+                qpad = q.new_zeros(self.span, hkv, group, d)
+                qpad[self.decode_rows] = qd
+            # (span, Hkv, L, D) views whose two batch dims fold into one without a copy
+            # (rows are laid out row-major over heads), whatever the span.
+            kd = rk[:self.span, :, :self.length]
+            vd = rv[:self.span, :, :self.length]
             # Plain matmuls: on CPU they beat SDPA's masked kernel for one query per row.
-            scores = torch.matmul(qpad, kd.transpose(-1, -2)).mul_(d ** -0.5)  # (Hkv, span, G, L)
+            scores = torch.matmul(qpad, kd.transpose(-1, -2)).mul_(d ** -0.5)  # (span, Hkv, G, L)
             scores += self.decode_mask
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vd.dtype)
-            od = torch.matmul(probs, vd)  # (Hkv, span, G, D)
+            od = torch.matmul(probs, vd)  # (span, Hkv, G, D)
             if qpad is not qd:
-                od = od[:, self.decode_rows]
-            out[:b] = od.transpose(0, 1).reshape(b, hq, d)
+                od = od[self.decode_rows]
+            out[:b] = od.reshape(b, hq, d)
         for g in self.shared:
             out[g.tokens] = self._attend_shared(g, q[g.tokens], rk, rv)
         for p in self.prefills:
@@ -149,8 +152,8 @@ class StepContext:
                 op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
             else:
                 end = p.start + n
-                kp = rk[:, p.row, :end].unsqueeze(0)  # (1, Hkv, end, D)
-                vp = rv[:, p.row, :end].unsqueeze(0)
+                kp = rk[p.row, :, :end].unsqueeze(0)  # (1, Hkv, end, D)
+                vp = rv[p.row, :, :end].unsqueeze(0)
                 if p.mask is None:  # made by the first layer, reused by the others
                     # Query i sits at position start + i and sees positions <= start + i.
                     qpos = torch.arange(p.start, end, device=q.device).unsqueeze(1)
@@ -167,15 +170,15 @@ class StepContext:
         softmax spans both parts, so the result equals attending over each full row.
         """
         m, hq, d = q.shape
-        hkv = rk.shape[0]
+        hkv = rk.shape[1]
         group = hq // hkv
         scale = d ** -0.5
         qg = q.view(m, hkv, group, d).transpose(0, 1)  # (Hkv, m, G, D)
-        kp = rk[:, g.first_row, :g.prefix]  # (Hkv, P, D)
-        vp = rv[:, g.first_row, :g.prefix]
+        kp = rk[g.first_row, :, :g.prefix]  # (Hkv, P, D)
+        vp = rv[g.first_row, :, :g.prefix]
         tail = slice(g.prefix, g.prefix + g.suffix)
-        ks = rk[:, :, tail].index_select(1, g.rows)  # (Hkv, m, S, D)
-        vs = rv[:, :, tail].index_select(1, g.rows)
+        ks = rk[:, :, tail].index_select(0, g.rows).transpose(0, 1)  # (Hkv, m, S, D)
+        vs = rv[:, :, tail].index_select(0, g.rows).transpose(0, 1)
         sp = torch.matmul(qg.reshape(hkv, m * group, d), kp.transpose(-1, -2)).view(hkv, m, group, g.prefix)
         ss = torch.matmul(qg, ks.transpose(-1, -2)).mul_(scale) + g.mask  # (Hkv, m, G, S)
         scores = torch.cat((sp.mul_(scale), ss), dim=-1)  # (Hkv, m, G, P + S)
@@ -211,8 +214,8 @@ class Runner:
         self.k_pages = torch.zeros(pages, dtype=dtype, device=self.device)  # (L, S, Hkv, D)
         self.v_pages = torch.zeros(pages, dtype=dtype, device=self.device)
         self.max_running = max_running
-        rows = (cfg.num_layers, cfg.num_kv_heads, max_running, row_len, cfg.head_dim)
-        self.k_rows = _reserved_zeros(rows, dtype, self.device)  # (L, Hkv, R, row_len, D)
+        rows = (cfg.num_layers, max_running, cfg.num_kv_heads, row_len, cfg.head_dim)
+        self.k_rows = _reserved_zeros(rows, dtype, self.device)  # (L, R, Hkv, row_len, D)
         self.v_rows = _reserved_zeros(rows, dtype, self.device)
         self._row_seq: list[Sequence | None] = [None] * max_running
         self._row_of: dict[int, int] = {}  # seq_id -> row
@@ -251,8 +254,8 @@ class Runner:
         # slice copy is several times faster than gathering the slots one by one.
         for pos, slot, n in self._slot_runs(seq.block_table, filled, start):
             # (L, n, Hkv, D) -> (L, Hkv, n, D)
-            self.k_rows[:, :, row, pos:pos + n] = self.k_pages[:, slot:slot + n].transpose(1, 2)
-            self.v_rows[:, :, row, pos:pos + n] = self.v_pages[:, slot:slot + n].transpose(1, 2)
+            self.k_rows[:, row, :, pos:pos + n] = self.k_pages[:, slot:slot + n].transpose(1, 2)
+            self.v_rows[:, row, :, pos:pos + n] = self.v_pages[:, slot:slot + n].transpose(1, 2)
         self._filled[seq.seq_id] = start
 
     def _free_row(self, seq_id: int) -> None:
@@ -383,7 +386,7 @@ class Runner:
             lens = [1] * span  # rows not decoding this step may look at position 0 only
             for row, n in zip(decode_rows, decode_lens):
                 lens[row] = n
-            mask = self._length_mask(lens, length).view(1, span, 1, length)
+            mask = self._length_mask(lens, length).view(span, 1, 1, length)
             if decode_rows != list(range(span)):
                 rows_t = tensor(decode_rows)
         shared: list[_Shared] = []
