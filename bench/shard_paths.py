@@ -10,7 +10,9 @@ one masked `move` frame (bots at 10 Hz), fed to `data_received`, then `Ticker.ti
 What is timed is process CPU time (`time.process_time`), which the other work on a shared
 machine inflates less than wall time; the bots' side, the event loop and epoll are not in
 it. Prints one JSON line: CPU µs per move, CPU ms per tick (mean, p10, median) and the
-share of one core that both would take at 20 Hz.
+share of one core that both would take at 20 Hz. `--speed 3` walks as bench/load.py's bots
+do (more view changes and band rebuilds than the default's 0.1 m/s); `--drop-writes` leaves
+the kernel's sends out, for before/after ratios of the shard's own Python.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ from server.app import run_shard  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from server.ticker import Ticker  # noqa: E402
 from server.wsconn import ShardConnection  # noqa: E402
+
+
+# The bench world's speed limit (m/s). The ticks here run faster than real time, so with the
+# usual 6 m/s the shard's clock would allow less than a real 100 ms step between two moves of
+# a player; a high limit keeps every step unclamped, as the load run's bots' steps are.
+SPEED_LIMIT = 1000.0
 
 
 class LoopbackTransport:
@@ -81,6 +89,10 @@ class LoopbackTransport:
             pass
 
 
+def _drop(data: bytes) -> None:
+    """A transport write that sends nothing (`--drop-writes`)."""
+
+
 def masked(payload: bytes) -> bytes:
     """One masked client text frame."""
     mask = os.urandom(4)
@@ -116,7 +128,7 @@ async def connect_players(shard, n: int) -> list[tuple[ShardConnection, Loopback
     return players
 
 
-def run_ticks(shard, players, *, ticks: int, warmup: int, size: float) -> dict:
+def run_ticks(shard, players, *, ticks: int, warmup: int, size: float, step: float) -> dict:
     """Drive moves and ticks; return the timings of the ticks after `warmup`."""
     ticker = Ticker(shard)
     rnd = random.Random(1)
@@ -130,9 +142,8 @@ def run_ticks(shard, players, *, ticks: int, warmup: int, size: float) -> dict:
         for i in range(k % 2, len(players), 2):  # 10 Hz moves at 20 Hz ticks
             x, z, heading, seq = walk[i]
             heading += rnd.uniform(-0.3, 0.3)
-            # Small steps: the shard's clock barely advances between these ticks.
-            x = min(max(x + 0.01 * math.cos(heading), 0.0), size)
-            z = min(max(z + 0.01 * math.sin(heading), 0.0), size)
+            x = min(max(x + step * math.cos(heading), 0.0), size)
+            z = min(max(z + step * math.sin(heading), 0.0), size)
             walk[i] = [x, z, heading, seq + 1]
             frames.append((players[i][0], masked(b'{"t":"move","seq":%d,"x":%r,"y":0.0,"z":%r,"yaw":%r}'
                                                  % (seq + 1, x, z, heading))))
@@ -162,19 +173,25 @@ async def main(args) -> dict:
         c = args.size / 2
         world.write_text(f'[world]\nname = "Bench"\nbounds = [0.0, 0.0, {args.size}, {args.size}]\n'
                          f"spawn = [{c}, 0.0, {c}]\nspawn_radius = {c}\naoi = {args.aoi}\n"
-                         f"shout_range = {2 * args.aoi}\ntalk_range = 8.0\nspeed = 6.0\n")
+                         f"shout_range = {2 * args.aoi}\ntalk_range = 8.0\nspeed = {SPEED_LIMIT}\n")
         # The shard's own ticker barely runs (tick_hz 0.01): this script calls tick() itself.
         settings = Settings(host="127.0.0.1", port=0, db=f"sqlite:///{d}/bench.db", npc_model="none",
                             world=str(world), tick_hz=0.01, max_players=args.players + 10,
                             log_level="WARNING")
         async with run_shard(settings) as shard:
             players = await connect_players(shard, args.players)
+            if args.drop_writes:
+                for _, transport in players:
+                    transport.write = _drop
             gc.collect()
-            result = run_ticks(shard, players, ticks=args.ticks, warmup=args.warmup, size=args.size)
+            result = run_ticks(shard, players, ticks=args.ticks, warmup=args.warmup, size=args.size,
+                               step=args.speed / 10)
         for _, transport in players:  # after the shard's shutdown wrote its closes into them
             transport.own.close()
             transport.peer.close()
-    return {"players": args.players, "size_m": args.size, **result, "load": round(os.getloadavg()[0], 2)}
+    return {"players": args.players, "size_m": args.size, "speed": args.speed,
+            "writes": "dropped" if args.drop_writes else "sent", **result,
+            "load": round(os.getloadavg()[0], 2)}
 
 
 if __name__ == "__main__":
@@ -184,4 +201,9 @@ if __name__ == "__main__":
     p.add_argument("--aoi", type=float, default=100.0)
     p.add_argument("--ticks", type=int, default=150, help="timed ticks")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--speed", type=float, default=0.1,
+                   help="walking speed, m/s (bench/load.py's bots walk at 3.0: views change more)")
+    p.add_argument("--drop-writes", action="store_true",
+                   help="the transports drop what the shard writes: the shard's Python alone, without "
+                        "the kernel's sends (about half of a tick), for steadier before/after ratios")
     print(json.dumps(asyncio.run(main(p.parse_args()))))
