@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from worldstate.errors import InvalidEntity
 
@@ -13,12 +13,12 @@ KINDS = frozenset({"player", "npc", "object"})
 MAX_COORD = 1e9
 
 
-@dataclass(slots=True, frozen=True)
-class Pose:
+class Pose(NamedTuple):
     """Where an entity stands: metres in a right-handed frame (y up) and a yaw in radians.
 
-    Frozen on purpose: a pose only changes through `World.move`/`World.teleport`, which
-    replace it, so the world always notices the change.
+    Immutable on purpose: a pose only changes through `World.move`/`World.teleport`, which
+    replace it, so the world always notices the change. A NamedTuple rather than a frozen
+    dataclass because every move builds one: ~4x cheaper to build, compared in C.
     """
 
     x: float

@@ -18,23 +18,25 @@ def clamp_move(prev: Pose, req: Pose, dt_s: float, bounds: tuple[float, float, f
     (`minx, minz, maxx, maxz`). Non-finite requested values keep the previous value, and a
     negative `dt_s` counts as zero, so a malformed request can never corrupt the truth.
     """
-    isfinite = math.isfinite
     rx, ry, rz, yaw = req.x, req.y, req.z, req.yaw
     px, py, pz = prev.x, prev.y, prev.z
     # Plain comparisons rather than min/max calls: this runs for every move of every player.
-    if not isfinite(rx):
-        rx = px
-    if not isfinite(ry):
-        ry = py
-    if not isfinite(rz):
-        rz = pz
-    if not isfinite(yaw):
-        yaw = prev.yaw
+    if not _isfinite(rx + ry + rz + yaw):  # one test when all are finite (the usual case)
+        if not _isfinite(rx):
+            rx = px
+        if not _isfinite(ry):
+            ry = py
+        if not _isfinite(rz):
+            rz = pz
+        if not _isfinite(yaw):
+            yaw = prev.yaw
     minx, minz, maxx, maxz = bounds
     # Clamp the target first so a far out-of-bounds request still moves along the border.
     rx = minx if rx < minx else maxx if rx > maxx else rx
     rz = minz if rz < minz else maxz if rz > maxz else rz
-    dt = (0.0 if dt_s < 0.0 else MAX_DT_S if dt_s > MAX_DT_S else dt_s) if isfinite(dt_s) else 0.0
+    dt = dt_s
+    if not 0.0 <= dt <= MAX_DT_S:  # also NaN
+        dt = (0.0 if dt < 0.0 else MAX_DT_S) if _isfinite(dt) else 0.0
     max_dist = speed * dt
     dx, dy, dz = rx - px, ry - py, rz - pz
     d2 = dx * dx + dy * dy + dz * dz
@@ -45,3 +47,6 @@ def clamp_move(prev: Pose, req: Pose, dt_s: float, bounds: tuple[float, float, f
         rx = minx if rx < minx else maxx if rx > maxx else rx
         rz = minz if rz < minz else maxz if rz > maxz else rz
     return Pose(rx, ry, rz, yaw)
+
+
+_isfinite = math.isfinite

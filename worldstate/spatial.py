@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 
 
+_floor = math.floor
+
+
 class Grid:
     """Uniform grid of square cells mapping cell -> the keys (ints) standing in it.
 
@@ -46,12 +49,13 @@ class Grid:
         else:
             bucket.append(key)
 
-    def update(self, key: int, x: float, z: float) -> None:
-        """Record that `key` now stands at (x, z); cheap when it stays in its cell."""
-        ck = self._key(x, z)
+    def update(self, key: int, x: float, z: float) -> bool:
+        """Record that `key` now stands at (x, z); True when it changed cells (cheap when not)."""
+        c = self.cell
+        ck = (_floor(x / c), _floor(z / c))  # `_key`, inlined: this runs for every move
         old = self._where[key]
         if ck == old:
-            return
+            return False
         self._discard(key, old)
         self._where[key] = ck
         bucket = self._cells.get(ck)
@@ -59,6 +63,7 @@ class Grid:
             self._cells[ck] = array("i", (key,))
         else:
             bucket.append(key)
+        return True
 
     def remove(self, key: int) -> None:
         """Take `key` out of the grid (no-op when absent)."""

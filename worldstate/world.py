@@ -105,7 +105,9 @@ class World:
         The time allowance is `now_ms` minus the previous applied move (at most 1 s; the first
         move of an entity, or the first after a teleport, gets the full second).
         """
-        s = self._require(entity_id)
+        s = self._slot.get(entity_id)
+        if s is None:
+            raise UnknownEntity(entity_id)
         ent = self._ents[s]
         last = self._last_ms[s]
         dt = 1.0 if last is None else (now_ms - last) / 1000.0
@@ -129,12 +131,12 @@ class World:
             return
         ent.pose = pose
         x, z = pose.x, pose.z
-        moved_xz = x != self._xs[s] or z != self._zs[s]
-        if moved_xz:
+        if x != self._xs[s] or z != self._zs[s]:
             self._xs[s] = x
             self._zs[s] = z
-            self._grid.update(s, x, z)
-        self._views.pose_changed(s, before, moved_xz)
+            self._views.pose_changed(s, before, True, self._grid.update(s, x, z))
+        else:
+            self._views.pose_changed(s, before, False, False)
 
     # --- queries --------------------------------------------------------------------------
     def near(self, x: float, z: float, radius: float, kind: str | None = None) -> list[Entity]:
@@ -188,4 +190,4 @@ class World:
             self._free.extend(self._limbo)
             self._limbo.clear()
         ents = self._ents
-        return {ents[o].id: d for o, d in diffs.items()}
+        return {ents[o].id: d for o, d in diffs.items() if d.enter or d.upd or d.leave}

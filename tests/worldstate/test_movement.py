@@ -71,3 +71,10 @@ def test_result_obeys_both_rules(px, pz, py, rx, ry, rz, dt, speed):
     assert B[0] <= got.x <= B[2] and B[1] <= got.z <= B[3]
     step = math.dist((prev.x, prev.y, prev.z), (got.x, got.y, got.z))
     assert step <= speed * min(max(dt, 0.0), 1.0) * (1 + 1e-9) + 1e-9
+
+
+def test_finite_values_whose_sum_overflows_are_kept():
+    """The one-sum finiteness test only picks the slow path: huge finite values are still used."""
+    got = clamp_move(Pose(0, 0, 0), Pose(1e308, 0, 1e308, 1e308), 1.0, B, 100.0)
+    assert got == Pose(10.0, 0, 20.0, 1e308)
+    assert clamp_move(Pose(0, 0, 0), Pose(-1e308, 0, 1e308, math.nan), 1.0, B, 100.0) == Pose(-10.0, 0, 20.0, 0.0)

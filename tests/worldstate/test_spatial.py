@@ -35,6 +35,19 @@ def test_grid_candidates_cover_every_key_in_range():
     assert set().union(*g.candidates(0, 0, 1e6)) == set(pos)
 
 
+def test_grid_update_says_when_a_key_changed_cells():
+    """update() is True exactly when the key's cell changed (the world skips the observers'
+    grid otherwise); the key is then found from its new cell only."""
+    g = Grid(10.0)
+    g.insert(1, 5.0, 5.0)
+    assert g.update(1, 9.99, 0.0) is False
+    assert g.update(1, 10.0, 0.0) is True
+    assert g.update(1, 10.0, -0.01) is True
+    assert g.update(1, 19.0, -9.0) is False
+    assert set().union(*g.candidates(15.0, -5.0, 4.0)) == {1}
+    assert set().union(*g.candidates(5.0, 5.0, 4.0)) == set()
+
+
 def test_grid_rejects_bad_cell_size():
     """A grid needs a positive finite cell size."""
     with pytest.raises(ValueError):
