@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -104,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-budget-mb", type=float, default=512.0)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--token-budget", type=int, default=0, help="tokens per step (0: max(128, 2 x max-running))")
+    p.add_argument("--max-prefills-per-step", type=int, default=None,
+                   help="prompts computed in one step, the rest wait a step (0: no limit; default: the "
+                        "engine's, 4; fewer keep the running answers' inter-token latency down)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--share-prefix-attention", action="store_true",
                    help="decodes sharing a cached prompt prefix read its K/V once per group")
@@ -125,6 +129,8 @@ def build_engine(args: argparse.Namespace):
                               kv_budget_mb=args.kv_budget_mb, max_model_len=args.max_model_len,
                               token_budget=args.token_budget, share_prefix_attention=args.share_prefix_attention,
                               device=args.device, dtype=args.dtype, threads=args.threads)
+    if args.max_prefills_per_step is not None:
+        settings = dataclasses.replace(settings, max_prefills_per_step=args.max_prefills_per_step)
     if args.model == "tiny":
         from npc.engine.tiny import tiny_model, tiny_tokenizer
 

@@ -55,6 +55,8 @@ class EngineSettings:
     # much a prompt arriving mid-conversation stretches everyone's next token: on a CPU each
     # prefill token in a step costs about as much as a decode. 0: max(128, 2 * max_running).
     token_budget: int = 0
+    # Sequences in prefill per forward pass (0: no limit): see SchedulerConfig.max_prefills.
+    max_prefills_per_step: int = 4
     block_size: int = 16  # tokens per KV block (and prefix-cache granularity)
     kv_budget_mb: float = 512.0  # memory for the KV pages (prefix cache and block accounting)
     max_model_len: int = 1024  # prompt plus completion, capped at the model's max_position
@@ -75,7 +77,8 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.token_budget == 0:
             object.__setattr__(self, "token_budget", max(128, 2 * self.max_running))
-        SchedulerConfig(self.max_running, self.max_waiting, self.token_budget, self.max_model_len)
+        SchedulerConfig(self.max_running, self.max_waiting, self.token_budget, self.max_model_len,
+                        self.max_prefills_per_step)
         if self.block_size < 1:
             raise ValueError("block_size must be >= 1")
         if self.kv_budget_mb <= 0:
@@ -170,7 +173,7 @@ class EngineCore:
             raise ValueError("kv_budget_mb is too small for even one KV block")
         max_len = min(settings.max_model_len, model.cfg.max_position)
         self.config = SchedulerConfig(settings.max_running, settings.max_waiting,
-                                      settings.token_budget, max_len)
+                                      settings.token_budget, max_len, settings.max_prefills_per_step)
         self.blocks = BlockManager(num_blocks, settings.block_size)
         self.scheduler = Scheduler(self.config, self.blocks)
         int8_rows = settings.int8_max_rows if settings.int8_weights() else None

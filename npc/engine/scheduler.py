@@ -24,6 +24,11 @@ class SchedulerConfig:
     max_waiting: int = 64  # sequences queued for admission (beyond that: Busy)
     token_budget: int = 256  # tokens per forward pass (decodes + prefill chunks)
     max_model_len: int = 2048  # positions per sequence
+    # Sequences computing prompt tokens in one step (0: no limit). Each brings fixed costs
+    # beside its tokens (its own attention call per layer, copying its cached prefix into
+    # its row), and every decode in that step waits for them: a burst of arrivals is
+    # admitted a few per step instead of all at once.
+    max_prefills: int = 0
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
@@ -34,6 +39,8 @@ class SchedulerConfig:
             raise ValueError("token_budget must be >= max_running so every decode fits a step")
         if self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
+        if self.max_prefills < 0:
+            raise ValueError("max_prefills must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +109,23 @@ class Scheduler:
         # Work already queued for preempted sequences is dropped above via status checks.
         work = [w for w in work if w.seq.status is Status.RUNNING]
         # Unfinished prefills continue in admission order.
+        prefills = 0
+        room = self.config.max_prefills or self.config.max_running
         for seq in self.running:
-            if budget <= 0:
+            if budget <= 0 or prefills >= room:
                 break
             if seq.in_prefill:
                 count = min(budget, len(seq.tokens) - seq.num_computed)
                 work.append(Work(seq, seq.num_computed, count))
                 budget -= count
+                prefills += 1
         # Admit new sequences while there is room.
         self.waiting.sort(key=lambda s: (s.priority, s.arrival, s.seq_id))
         self._make_room_for_priority()
         pending = self._pending_blocks()
         i = 0
-        while i < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_running:
+        while (i < len(self.waiting) and budget > 0 and prefills < room
+               and len(self.running) < self.config.max_running):
             seq = self.waiting[i]
             hashes = self.blocks.prefix_hashes(seq.tokens)
             cached = self.blocks.cached_blocks(seq.tokens)
@@ -134,6 +145,7 @@ class Scheduler:
             count = min(budget, len(seq.tokens) - seq.num_computed)
             work.append(Work(seq, seq.num_computed, count))
             budget -= count
+            prefills += 1
         return work
 
     def _make_room_for_priority(self) -> None:

@@ -172,3 +172,21 @@ def test_waiting_player_preempts_running_background_work() -> None:
     s.add(third)
     run_step(s)
     assert third.status is Status.WAITING and s.preemptions == 2
+
+
+def test_prefills_per_step_are_bounded_and_decodes_are_not() -> None:
+    """With max_prefills=2 a burst of four prompts is admitted two per step; running decodes all go on."""
+    s = make(max_running=8, token_budget=32, max_prefills=2)
+    burst = [seq(3, start=10 * i + 1) for i in range(4)]
+    for q in burst:
+        s.add(q)
+    first = run_step(s)
+    assert [w.seq for w in first] == burst[:2]
+    second = run_step(s)
+    assert [(w.seq, w.count) for w in second] == [(burst[0], 1), (burst[1], 1), (burst[2], 3), (burst[3], 3)]
+    unlimited = make(max_running=8, token_budget=32)
+    for q in (seq(3, start=10 * i + 1) for i in range(4)):
+        unlimited.add(q)
+    assert len(run_step(unlimited)) == 4
+    with pytest.raises(ValueError):
+        SchedulerConfig(max_prefills=-1)
