@@ -66,7 +66,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape  # (..., K)
-        xb = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # (M, K)
+        flat = x.dim() == 2
+        xb = (x if flat else x.reshape(-1, shape[-1])).to(torch.bfloat16)  # (M, K)
         if xb.shape[0] <= self.max_kernel_rows:
             y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.unit)  # (M, N) bf16
         elif self.wide_bf16:
@@ -76,7 +77,7 @@ class Int8Linear(nn.Module):
         y = (y * self.scale).to(x.dtype)  # bf16 product, rounded once
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
+        return y if flat else y.reshape(*shape[:-1], self.out_features)
 
 
 def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -> Transformer:

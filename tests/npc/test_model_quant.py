@@ -119,3 +119,17 @@ def test_quantize_leaves_the_float_model_unchanged():
     quantize_int8(ref)
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
     assert isinstance(ref.layers[0].self_attn.q_proj, torch.nn.Linear)
+
+
+def test_fused_rms_norm_is_bit_for_bit_the_formula():
+    """RMSNorm's fused fp32 path gives exactly x * rsqrt(mean(x^2) + eps) * weight."""
+    from npc.engine.model import RMSNorm
+
+    torch.manual_seed(5)
+    norm = RMSNorm(96, 1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(96))
+    x = torch.randn(33, 96) * 4
+    with torch.inference_mode():
+        want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+        assert torch.equal(norm(x), want)
