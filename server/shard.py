@@ -250,16 +250,19 @@ class Shard:
         done before this returns, so a connection needs no task for it. Raises ClientError
         for an error reply.
         """
-        if not session.limits.for_type(_kind(msg)).take():
-            raise RateLimited(re=msg.id)
-        if isinstance(msg, Move):
+        if type(msg) is Move:  # most messages: checked first, without the dispatch below
+            if not session.limits.move.take():
+                raise RateLimited(re=msg.id)
             if msg.seq <= session.ack:
                 raise ClientError(INVALID, "seq must grow with every move", field="seq", re=msg.id)
             self.world.move(session.pid, Pose(msg.x, msg.y, msg.z, msg.yaw), now_ms())
             session.ack = msg.seq
             self.due.add(session.pid)
             session.pose_dirty = True
-        elif isinstance(msg, Ping):
+            return None
+        if not session.limits.for_type(MESSAGE_TYPES[type(msg)]).take():
+            raise RateLimited(re=msg.id)
+        if isinstance(msg, Ping):
             self.reply(session, {"t": "pong", "ct": msg.ct, "st": now_ms()}, msg.id)
         elif isinstance(msg, Chat):
             handle_chat(self, session, msg)
@@ -280,17 +283,14 @@ class Shard:
         return None
 
 
-_KIND = {Move: "move", Ping: "ping", Chat: "chat", Place: "place", Remove: "remove", Who: "who",
-         NpcCancel: "npc_cancel", Hello: "hello"}
-
-
-def _kind(msg) -> str:
-    return _KIND[type(msg)]
+# The wire type of each parsed message class (for metrics and rate limits).
+MESSAGE_TYPES = {Move: "move", Ping: "ping", Chat: "chat", Place: "place", Remove: "remove",
+                 Who: "who", NpcCancel: "npc_cancel", Hello: "hello"}
 
 
 def message_type(msg) -> str:
     """The wire type of a parsed message (for metrics and rate limits)."""
-    return _kind(msg)
+    return MESSAGE_TYPES[type(msg)]
 
 
 def _pose_record(name: str, pose: Pose) -> PlayerRecord:

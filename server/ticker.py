@@ -16,7 +16,7 @@ import time
 import orjson
 from websockets.protocol import State
 
-from server.protocol import text_frame
+from server.protocol import frame_header
 from server.sessions import Session, now_ms
 
 log = logging.getLogger("worldsmith.tick")
@@ -70,17 +70,26 @@ class FragmentCache:
         self._upd = _Updated().__getitem__
         self._leave = _Left().__getitem__
 
-    def state(self, ack: int, enter, upd, leave) -> bytes:
-        """A `state` payload: `enter`/`upd` hold entities, `leave` ids (any sized iterables)."""
-        parts = [self.head, b"%d" % ack]
-        if enter:
-            parts += (b',"enter":[', b",".join(map(self._enter, enter)), b"]")
-        if upd:
-            parts += (b',"upd":[', b",".join(map(self._upd, upd)), b"]")
-        if leave:
-            parts += (b',"leave":[', b",".join(map(self._leave, leave)), b"]")
-        parts.append(b"}")
-        return b"".join(parts)
+    def frame(self, ack: int, enter, upd, leave) -> tuple[bytes, int]:
+        """A `state` as one whole WebSocket text frame, and its payload's length: `enter`/`upd`
+        hold entities, `leave` ids (any sized iterables). Header and payload are joined once."""
+        head = self.head
+        if enter or leave:
+            parts = [head, b"%d" % ack]
+            if enter:
+                parts += (b',"enter":[', b",".join(map(self._enter, enter)), b"]")
+            if upd:
+                parts += (b',"upd":[', b",".join(map(self._upd, upd)), b"]")
+            if leave:
+                parts += (b',"leave":[', b",".join(map(self._leave, leave)), b"]")
+            parts.append(b"}")
+            n = sum(map(len, parts))
+            parts[0] = frame_header(n) + head
+            return b"".join(parts), n
+        # Most states carry only `upd` (or only the ack): fewer pieces to join.
+        body = (b'%d,"upd":[' % ack + b",".join(map(self._upd, upd)) + b"]}") if upd else b"%d}" % ack
+        n = len(head) + len(body)
+        return b"".join((frame_header(n), head, body)), n
 
 
 class Ticker:
@@ -146,45 +155,54 @@ class Ticker:
         # Players waiting for an ack go first: a move's ack latency includes its place in
         # this loop, while a state that only carries others' moves is as fresh either way.
         later = []
+        limit = shard.settings.send_buffer_limit
         for pid in due.union(diffs):
             session = online.get(pid)
             if session is None:
                 continue
             diff = diffs.get(pid)
-            if not self._writable(session, mono):
+            transport = session.conn.transport
+            # `_writable`'s usual answer inline (this runs for every player in most ticks).
+            if (transport is None or transport.is_closing()
+                    or transport.get_write_buffer_size() > limit) and not self._writable(session, mono):
                 if not session.stale:
                     self._go_stale(session, diff)
                 shard.due.add(pid)  # look again next tick
                 continue
+            session.over_since = None
             if session.stale:
                 shard.send_full_view(session)
             elif session.ack == session.sent_ack:
                 if diff is not None:
                     later.append((session, diff))
             elif diff is not None:
-                self._write(session, frames.state(session.ack, diff.enter, diff.upd, diff.leave))
+                frame, n = frames.frame(session.ack, diff.enter, diff.upd, diff.leave)
+                self._write(session, frame, n)
             else:
-                self._write(session, frames.state(session.ack, (), (), ()))
+                frame, n = frames.frame(session.ack, (), (), ())
+                self._write(session, frame, n)
         for session, diff in later:
-            self._write(session, frames.state(session.ack, diff.enter, diff.upd, diff.leave))
+            frame, n = frames.frame(session.ack, diff.enter, diff.upd, diff.leave)
+            self._write(session, frame, n)
         if self._count:
             shard.metrics.messages_out.inc("state", by=self._count)
             shard.metrics.bytes_out.inc("state", by=self._bytes)
         self._housekeeping(mono)
 
-    def _write(self, session: Session, payload: bytes) -> None:
-        """Queue one state on a transport `_writable` passed this tick (`Shard.write` without
-        its per-frame bookkeeping: the tick counts its states once)."""
+    def _write(self, session: Session, frame: bytes, n: int) -> None:
+        """Queue one state (a whole frame of `n` payload bytes) on a transport `_writable`
+        passed this tick (`Shard.write` without its per-frame bookkeeping: the tick counts
+        its states once)."""
         conn = session.conn
         if conn.protocol.state is not _OPEN:
             return
         transport = conn.transport
-        transport.write(text_frame(payload))
+        transport.write(frame)
         if transport.get_write_buffer_size() > self.shard.settings.send_buffer_limit:
             self.shard.due.add(session.pid)  # the next tick checks it against the stuck limit
         session.sent_ack = session.ack
         self._count += 1
-        self._bytes += len(payload)
+        self._bytes += n
 
     def _go_stale(self, session: Session, unsent) -> None:
         """Start skipping state: remember what the client holds, i.e. the world's view

@@ -28,7 +28,7 @@ from websockets.server import ServerProtocol
 from server.errors import (BUSY, INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
                            CloseConnection)
 from server.protocol import Hello, ProtocolError, encode, parse
-from server.shard import message_type
+from server.shard import MESSAGE_TYPES as _MESSAGE_TYPES
 from worldstate.records import StoreError
 
 log = logging.getLogger("worldsmith.connection")
@@ -47,7 +47,7 @@ class ShardConnection(asyncio.Protocol):
     """One socket on the shard's port: plain HTTP, or a WebSocket player at /ws."""
 
     __slots__ = ("listener", "transport", "protocol", "session", "task", "backlog", "parts",
-                 "closing", "counted", "heard", "pinged")
+                 "closing", "counted", "heard", "pinged", "framed")
 
     def __init__(self, listener) -> None:
         self.listener = listener
@@ -62,6 +62,9 @@ class ShardConnection(asyncio.Protocol):
         self.counted = False       # counted in shard.connections (an accepted upgrade)
         self.heard = True          # data since the last keepalive sweep
         self.pinged = False        # a keepalive ping is unanswered
+        # The core's parser was seen waiting at a frame boundary with nothing buffered and no
+        # fragmented message open, and has not been fed since (only receive_* moves it on).
+        self.framed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -75,8 +78,10 @@ class ShardConnection(asyncio.Protocol):
         if self.session is not None:
             data = self._plain_frames(data)
             if not data:
-                self.flush()
+                if self.protocol.writes:  # e.g. a 1007 close: the frames above wrote nothing else
+                    self.flush()
                 return
+        self.framed = False
         self.protocol.receive_data(data)
         try:
             self._handle_events()
@@ -90,6 +95,7 @@ class ShardConnection(asyncio.Protocol):
 
     def eof_received(self) -> None:
         """The client half-closed: let the core finish, then the transport closes."""
+        self.framed = False
         self.protocol.receive_eof()
         self.flush()
 
@@ -187,9 +193,12 @@ class ShardConnection(asyncio.Protocol):
         frame split across reads, or everything after a close began).
         """
         proto = self.protocol
-        if (proto.state is not State.OPEN or proto.current_size is not None or self.closing
-                or not _at_frame_boundary(proto)):
+        if self.closing or proto.state is not State.OPEN:
             return data
+        if not self.framed:  # checked once after each time the core was fed, not per read
+            if proto.current_size is not None or not _at_frame_boundary(proto):
+                return data
+            self.framed = True
         pos, n = 0, len(data)
         limit = self.listener.max_frame
         while n - pos >= 6 and data[pos] == _FIN_TEXT and not self.closing:
@@ -303,12 +312,13 @@ class ShardConnection(asyncio.Protocol):
         shard = self.listener.shard
         metrics = shard.metrics
         try:
-            msg = _parse(shard, data)
+            s = shard.settings
+            msg = parse(data, max_chat=s.max_chat, name_pattern=s.name_pattern)
         except ProtocolError:
             metrics.messages_in.inc("invalid")
             metrics.bytes_in.inc("invalid", by=len(data))
             raise
-        kind = message_type(msg)
+        kind = _MESSAGE_TYPES[type(msg)]
         metrics.messages_in.inc(kind)
         metrics.bytes_in.inc(kind, by=len(data))
         try:

@@ -188,9 +188,9 @@ async def test_a_failing_route_answers_500_and_the_shard_keeps_serving(shard):
     await close_all(w)
 
 
-def _masked(payload: bytes, first: int) -> bytes:
+def _masked(payload: bytes, first: int, mask: bytes | None = None) -> bytes:
     """One masked client frame with first byte `first` (FIN/opcode), any payload under 64 KiB."""
-    mask = os.urandom(4)
+    mask = os.urandom(4) if mask is None else mask
     n = len(payload)
     length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
     return bytes([first]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -226,4 +226,31 @@ async def test_mixed_frames_in_one_read_are_handled_in_order(shard):
     # The core's control replies go out when the read is done, after the messages' replies.
     assert [g for g in got if not isinstance(g, tuple)] == [1, long_ct, 3, 5, 4, 6]
     assert ("pong frame", b"hi") in got
+    writer.close()
+
+
+async def test_a_frame_cut_after_its_mask_goes_to_the_core_even_if_its_rest_looks_like_a_frame(shard):
+    """Once the core holds part of a frame, the next read goes to the core, not the connection's
+    own whole-frame path, even when the rest's first bytes read as a masked text frame's header."""
+    import orjson
+
+    reader, writer = await _raw_upgrade(shard.port)
+    writer.write(_masked(orjson.dumps({"t": "hello", "v": 1, "name": unique_name("cut")}), 0x81))
+    assert orjson.loads((await _read_frame(reader))[1])["t"] == "welcome"
+    payload = orjson.dumps({"t": "ping", "ct": 5})
+    # Masked, the payload starts 0x81 0x82: "a whole masked text frame of 2 bytes".
+    cut = _masked(payload, 0x81, bytes([payload[0] ^ 0x81, payload[1] ^ 0x82, 7, 9]))
+    assert cut[6:8] == b"\x81\x82"
+    writer.write(_masked(orjson.dumps({"t": "ping", "ct": 1}), 0x81) + cut[:6])
+    await writer.drain()
+
+    async def pong() -> dict:
+        while True:
+            opcode, got = await _read_frame(reader)
+            if opcode == 0x1 and (msg := orjson.loads(got))["t"] != "state":
+                return msg
+
+    assert (await pong())["ct"] == 1
+    writer.write(cut[6:])
+    assert (await pong())["ct"] == 5
     writer.close()

@@ -44,6 +44,12 @@ def test_fast_move_path_agrees_with_the_checked_path(seq, pose):
     assert isinstance(fast, Move) and fast == slow
 
 
+def test_a_move_whose_numbers_sum_past_the_float_range_is_still_a_move():
+    """The fast path tests finiteness on one sum; a huge sum only sends the move the checked way."""
+    obj = {"t": "move", "seq": 3, "x": 1.7e308, "y": 0, "z": 1.7e308, "yaw": -1.7e308}
+    assert parse(orjson.dumps(obj).decode()) == Move(3, 1.7e308, 0.0, 1.7e308, -1.7e308)
+
+
 def test_frames_are_framed_by_length():
     """Server text frames use the 7-bit, 16-bit and 64-bit length forms at their boundaries."""
     assert text_frame(b"x" * 125)[:2] == b"\x81\x7d"
