@@ -86,10 +86,14 @@ class FragmentCache:
             n = sum(map(len, parts))
             parts[0] = frame_header(n) + head
             return b"".join(parts), n
-        # Most states carry only `upd` (or only the ack): fewer pieces to join.
-        body = (b'%d,"upd":[' % ack + b",".join(map(self._upd, upd)) + b"]}") if upd else b"%d}" % ack
-        n = len(head) + len(body)
-        return b"".join((frame_header(n), head, body)), n
+        # Most states carry only `upd` (or only the ack): fewer pieces, each copied once.
+        acked = b"%d" % ack
+        if not upd:
+            n = len(head) + len(acked) + 1
+            return b"".join((frame_header(n), head, acked, b"}")), n
+        body = b",".join(map(self._upd, upd))
+        n = len(head) + len(acked) + len(body) + 10  # ',"upd":[' and ']}'
+        return b"".join((frame_header(n), head, acked, b',"upd":[', body, b"]}")), n
 
 
 class Ticker:
