@@ -17,7 +17,7 @@ from server.http import WEB_ROOT, HttpRoutes
 from server.listener import Listener
 from server.metrics import Histogram
 from server.npcs import NpcHook
-from server.settings import Settings
+from server.settings import Settings, npc_engine_threads
 from server.shard import Shard
 from server.ticker import Ticker
 from worldstate.config import default_world, load_world
@@ -51,7 +51,7 @@ def _npc_hook(settings: Settings) -> NpcHook:
         engine = ProcessEngine(ProcessSettings(
             model=model, device=settings.npc_device, dtype=settings.npc_dtype,
             max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
-            max_model_len=settings.npc_context_tokens, threads=settings.npc_threads), tokenizer=load_tokenizer(model))
+            max_model_len=settings.npc_context_tokens, threads=npc_engine_threads(settings.npc_threads)), tokenizer=load_tokenizer(model))
     else:
         # The engine (and PyTorch) imported now, before the listener opens: initialising torch's
         # extension holds the GIL for up to a second, which in the background loading thread
@@ -61,7 +61,7 @@ def _npc_hook(settings: Settings) -> NpcHook:
         model=model, device=settings.npc_device, dtype=settings.npc_dtype,
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
         context_tokens=settings.npc_context_tokens, memory_tokens=settings.npc_memory_tokens,
-        answer_timeout_s=settings.npc_answer_timeout_s, threads=settings.npc_threads,
+        answer_timeout_s=settings.npc_answer_timeout_s, threads=npc_engine_threads(settings.npc_threads),
         switch_interval_ms=settings.npc_switch_interval_ms))
 
 

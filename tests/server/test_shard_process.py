@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from server.__main__ import settings_from_args
-from server.settings import Settings
+from server.settings import Settings, npc_engine_threads
 from tests.server.wire import close_all, join, walk_to, write_world
 from worldstate.store import Store
 
@@ -126,6 +126,14 @@ async def test_ready_line_then_sigterm_closes_1001_flushes_poses_and_exits_0(tmp
         store.close()
     assert (rec.x, rec.z, rec.yaw) == (12.5, -4.0, 1.0)
     assert any("stopped" in line for line in ready["lines"])
+
+
+def test_npc_threads_auto_leaves_a_core_to_the_shard():
+    """--npc-threads 0 gives the engine one thread fewer than the CPUs (at least 1); a number is kept."""
+    cpus = len(os.sched_getaffinity(0))
+    assert npc_engine_threads(0) == max(1, cpus - 1)
+    assert npc_engine_threads(3) == 3
+    assert Settings().npc_threads == 0
 
 
 def test_unreadable_world_file_is_one_error_line_and_exit_1(tmp_path):
