@@ -211,3 +211,16 @@ def test_dtype_auto_is_int8_weights_on_cpu_and_int8_is_cpu_only() -> None:
     assert not EngineSettings(device="cpu", dtype="float32").int8_weights()
     with pytest.raises(ValueError, match="CPU"):
         EngineSettings(device="cuda", dtype="int8").int8_weights()
+
+
+def test_openmp_threads_of_the_loading_thread_are_released_and_made_again() -> None:
+    """The engine lets go of the starting thread's OpenMP pool (it slows the engine thread's
+    parallel ops 3-4x while it exists); torch keeps working on that thread afterwards."""
+    import torch
+
+    from npc.engine.engine import release_openmp_threads
+
+    a = torch.randn(256, 256)
+    before = a @ a
+    assert release_openmp_threads() is True
+    assert torch.equal(a @ a, before)
