@@ -303,7 +303,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of talking after the walk to the NPCs")
     ap.add_argument("--line-every", type=float, default=10.0, help="seconds between a talker's lines")
     ap.add_argument("--model", default="default", help="--npc-model for the shard")
-    ap.add_argument("--npc-threads", type=int, default=0, help="--npc-threads for the shard (0: the shard's auto, one fewer than the CPUs)")
+    ap.add_argument("--npc-threads", type=int, default=0, help="--npc-threads for the shard (0: the shard's auto: all CPUs in-process, one fewer for a child process)")
     ap.add_argument("--workers", choices=("inprocess", "process", "remote"), default="inprocess",
                     help="--npc-workers for the shard: its own engine, a child process over a pipe, or a "
                          "worker process through a local mosquitto")

@@ -85,8 +85,9 @@ class Settings:
     npc_context_tokens: int = _opt(1536, "token budget of an NPC prompt plus its answer")
     npc_memory_tokens: int = _opt(384, "tokens of recent turns an NPC keeps verbatim per player (older ones are summarised)")
     npc_answer_timeout_s: float = _opt(60.0, "seconds an NPC answer may run before it ends as cancelled")
-    npc_threads: int = _opt(0, "CPU threads for the NPC engine (0: one fewer than this machine's CPUs, at "
-                               "least 1, leaving a core to the shard's own loop)")
+    npc_threads: int = _opt(0, "CPU threads for the NPC engine (0: auto; PyTorch's default in-process, one "
+                               "fewer than this machine's CPUs (at least 1) for a child process, leaving a "
+                               "core to the shard)")
     npc_switch_interval_ms: float = _opt(0.0, "with --npc-workers inprocess: the interpreter's thread switch "
                                               "interval once the engine runs (0: Python's 5 ms)")
     npc_workers: str = _opt("inprocess", "where NPC answers are computed: 'inprocess' (this shard's own engine), "
@@ -154,15 +155,18 @@ def setting_fields():
     return fields(Settings)
 
 
-def npc_engine_threads(requested: int) -> int:
-    """The engine's CPU threads for `--npc-threads` (0: auto).
+def npc_engine_threads(requested: int, workers: str = "inprocess") -> int:
+    """The engine's CPU threads for `--npc-threads` (0: auto, see below).
 
-    Auto leaves one core to the shard's event loop. Measured on a 2-core machine
-    (bench/npc_world.py, 16 talkers and 200 movers, engine in a child process): one engine
-    thread gave time to first token p50/p99 401/1430 ms against 586/1874 ms with two, whose
-    OpenMP barriers stall whenever the shard or the players' traffic takes a core.
+    Measured on a 2-core machine (bench/npc_world.py, 16 talkers and 200 movers, two to
+    three alternated runs each): an engine in a child process did better with one thread
+    (TTFT p50 401-651 ms against 561-930 with two), whose OpenMP barriers stall whenever
+    the shard takes a core; an in-process engine did better with two (423-497 against
+    686-793), as it waits for the interpreter lock between ops either way. Auto is
+    therefore one fewer than the CPUs (at least 1) for `process`, and 0 (PyTorch's
+    default: all of them) in-process.
     """
-    if requested:
+    if requested or workers != "process":
         return requested
     try:
         cpus = len(os.sched_getaffinity(0))

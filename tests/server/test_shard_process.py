@@ -128,11 +128,13 @@ async def test_ready_line_then_sigterm_closes_1001_flushes_poses_and_exits_0(tmp
     assert any("stopped" in line for line in ready["lines"])
 
 
-def test_npc_threads_auto_leaves_a_core_to_the_shard():
-    """--npc-threads 0 gives the engine one thread fewer than the CPUs (at least 1); a number is kept."""
+def test_npc_threads_auto_leaves_a_core_to_the_shard_for_a_child_engine():
+    """--npc-threads 0: a child-process engine gets one thread fewer than the CPUs (at least 1),
+    an in-process one PyTorch's default (0); a number is kept either way."""
     cpus = len(os.sched_getaffinity(0))
-    assert npc_engine_threads(0) == max(1, cpus - 1)
-    assert npc_engine_threads(3) == 3
+    assert npc_engine_threads(0, "process") == max(1, cpus - 1)
+    assert npc_engine_threads(0, "inprocess") == 0
+    assert npc_engine_threads(3, "process") == npc_engine_threads(3, "inprocess") == 3
     assert Settings().npc_threads == 0
 
 
