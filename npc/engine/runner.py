@@ -98,6 +98,7 @@ class StepContext:
         self.slots = slots  # (T,) page slot of each packed token
         self.row_of_token = row_of_token  # (T,)
         self.pos_of_token = pos_of_token  # (T,)
+        self._row_index: torch.Tensor | None = None  # (T * Hkv,) made by the first layer
         self.num_decodes = num_decodes
         self.decode_rows = decode_rows  # (B,) row of each decode
         self.span = span  # decodes use rows [0, span)
@@ -112,8 +113,18 @@ class StepContext:
         r.k_pages[layer].index_copy_(0, self.slots, k)
         r.v_pages[layer].index_copy_(0, self.slots, v)
         rk, rv = r.k_rows[layer], r.v_rows[layer]  # (R, Hkv, row_len, D)
-        rk[self.row_of_token, :, self.pos_of_token] = k  # the advanced index leads: (T, Hkv, D)
-        rv[self.row_of_token, :, self.pos_of_token] = v
+        # Into the rows: token t, head h goes to rk[row_t, h, pos_t], i.e. flat position
+        # (row_t * Hkv + h) * row_len + pos_t of the (R * Hkv * row_len, D) view. One
+        # index_copy_ per layer (the index made once per step) is ~5x cheaper than
+        # advanced-index assignment.
+        if self._row_index is None:
+            hkv, row_len = rk.shape[1], rk.shape[2]
+            heads = torch.arange(hkv, device=k.device)
+            self._row_index = ((self.row_of_token[:, None] * hkv + heads) * row_len
+                               + self.pos_of_token[:, None]).reshape(-1)
+        d = k.shape[-1]
+        rk.view(-1, d).index_copy_(0, self._row_index, k.reshape(-1, d))
+        rv.view(-1, d).index_copy_(0, self._row_index, v.reshape(-1, d))
         hq, d = q.shape[1], q.shape[2]
         hkv = k.shape[1]
         group = hq // hkv
