@@ -115,6 +115,7 @@ class NpcService(NpcHook):
         self._tasks: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
         self._memory: dict[tuple[str, str], Memory] = {}
+        self.warmed: float | None = None  # seconds spent computing the NPCs' fixed prompts, once done
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self, shard) -> None:
@@ -126,6 +127,7 @@ class NpcService(NpcHook):
         if self.engine is not None:
             self.engine.start()
             self.ready.set()
+            self._spawn(self._warm())
         elif personas:
             self._spawn(self._load())
 
@@ -139,8 +141,30 @@ class NpcService(NpcHook):
         except Exception:
             log.exception("NPC engine failed to load; NPCs will answer busy")
             return
+        await self._warm()
         log.info("NPC engine ready in %.1f s (%d NPCs)", time.monotonic() - started, len(self.personas))
         self.ready.set()
+
+    async def _warm(self) -> None:
+        """Compute each NPC's fixed prompt part once (one token, low priority), so that the first
+        line to every NPC finds it in the prefix cache instead of paying for its persona, lore
+        and world facts (~400-500 prompt tokens for the village's NPCs) while the player waits.
+        An engine that reports readiness (the child process) is waited for first; one that
+        refuses (remote workers not there yet) is simply not warmed."""
+        from npc.engine.sequence import Priority, SamplingParams
+
+        ready = getattr(self.engine, "ready_event", None)
+        if ready is not None:
+            await ready.wait()
+        started = time.monotonic()
+        for mind in self.minds.values():
+            try:
+                stream = self.engine.submit(mind.fixed, SamplingParams(temperature=0.0, max_tokens=1),
+                                            priority=Priority.LOW, timeout=self.settings.answer_timeout_s)
+                await stream.result()
+            except Exception as exc:  # noqa: BLE001 - warming is an optimisation only
+                log.info("prompt of %s not warmed: %s", mind.persona.id, exc)
+        self.warmed = time.monotonic() - started
 
     async def close(self) -> None:
         """Stop every answer in flight, let memory writes finish (briefly), stop the engine."""

@@ -164,3 +164,19 @@ async def test_metrics_carry_the_engine_figures(tmp_path):
         assert "worldsmith_" in text
         assert "npc_engine" in text and "ttft" in text
         await close_all(alice)
+
+
+async def test_first_line_to_an_npc_finds_its_fixed_prompt_cached(tmp_path):
+    """Once ready, every NPC's fixed prompt part has been computed: the very first line to an
+    NPC reuses it from the prefix cache instead of computing persona, lore and facts."""
+    async with npc_shard(tmp_path) as (shard, service):
+        assert service.warmed is not None
+        counters = service.engine.metrics.counters
+        fixed = len(service.engine.tokenizer.render_chat(service.minds["n:guard"].fixed))
+        before = counters["cached_prompt_tokens"]
+        alice = await join(shard.ws_url)
+        await alice.send({"t": "chat", "text": "hello guard", "to": "n:guard"})
+        await alice.recv_type("npc_end", timeout=20)
+        block = service.engine.settings.block_size
+        assert counters["cached_prompt_tokens"] - before >= (fixed // block - 1) * block > 0
+        await close_all(alice)
