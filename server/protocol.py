@@ -169,7 +169,7 @@ def parse(frame: str | bytes, *, max_chat: int = 500, name_pattern: str = r"[A-Z
         raise ProtocolError(BAD_JSON, "frame is not valid JSON") from None
     if type(obj) is not dict:  # orjson makes exact dicts
         raise ProtocolError(BAD_JSON, "frame must be a JSON object")
-    msg_id = None if obj.get("id") is None else _msg_id(obj)
+    msg_id = _msg_id(obj)
     kind = obj.get("t")
     if kind == "move":  # the hot path: most frames are moves
         move = _fast_move(obj, msg_id)

@@ -288,11 +288,6 @@ MESSAGE_TYPES = {Move: "move", Ping: "ping", Chat: "chat", Place: "place", Remov
                  Who: "who", NpcCancel: "npc_cancel", Hello: "hello"}
 
 
-def message_type(msg) -> str:
-    """The wire type of a parsed message (for metrics and rate limits)."""
-    return MESSAGE_TYPES[type(msg)]
-
-
 def _pose_record(name: str, pose: Pose) -> PlayerRecord:
     return PlayerRecord(name, pose.x, pose.y, pose.z, pose.yaw, now_ms())
 

@@ -73,27 +73,17 @@ class FragmentCache:
     def frame(self, ack: int, enter, upd, leave) -> tuple[bytes, int]:
         """A `state` as one whole WebSocket text frame, and its payload's length: `enter`/`upd`
         hold entities, `leave` ids (any sized iterables). Header and payload are joined once."""
-        head = self.head
-        if enter or leave:
-            parts = [head, b"%d" % ack]
-            if enter:
-                parts += (b',"enter":[', b",".join(map(self._enter, enter)), b"]")
-            if upd:
-                parts += (b',"upd":[', b",".join(map(self._upd, upd)), b"]")
-            if leave:
-                parts += (b',"leave":[', b",".join(map(self._leave, leave)), b"]")
-            parts.append(b"}")
-            n = sum(map(len, parts))
-            parts[0] = frame_header(n) + head
-            return b"".join(parts), n
-        # Most states carry only `upd` (or only the ack): fewer pieces, each copied once.
-        acked = b"%d" % ack
-        if not upd:
-            n = len(head) + len(acked) + 1
-            return b"".join((frame_header(n), head, acked, b"}")), n
-        body = b",".join(map(self._upd, upd))
-        n = len(head) + len(acked) + len(body) + 10  # ',"upd":[' and ']}'
-        return b"".join((frame_header(n), head, acked, b',"upd":[', body, b"]}")), n
+        parts = [self.head, b"%d" % ack]
+        if enter:
+            parts += (b',"enter":[', b",".join(map(self._enter, enter)), b"]")
+        if upd:
+            parts += (b',"upd":[', b",".join(map(self._upd, upd)), b"]")
+        if leave:
+            parts += (b',"leave":[', b",".join(map(self._leave, leave)), b"]")
+        parts.append(b"}")
+        n = sum(map(len, parts))
+        parts[0] = frame_header(n) + parts[0]  # the header joins the rest in the one copy
+        return b"".join(parts), n
 
 
 class Ticker:
@@ -166,9 +156,9 @@ class Ticker:
                 continue
             diff = diffs.get(pid)
             transport = session.conn.transport
-            # `_writable`'s usual answer inline (this runs for every player in most ticks).
-            if (transport is None or transport.is_closing()
-                    or transport.get_write_buffer_size() > limit) and not self._writable(session, mono):
+            # Checked here, not in a method: this runs for every player in most ticks.
+            if transport is None or transport.is_closing() or transport.get_write_buffer_size() > limit:
+                self._over_limit(session, transport, mono)
                 if not session.stale:
                     self._go_stale(session, diff)
                 shard.due.add(pid)  # look again next tick
@@ -194,8 +184,8 @@ class Ticker:
         self._housekeeping(mono)
 
     def _write(self, session: Session, frame: bytes, n: int) -> None:
-        """Queue one state (a whole frame of `n` payload bytes) on a transport `_writable`
-        passed this tick (`Shard.write` without its per-frame bookkeeping: the tick counts
+        """Queue one state (a whole frame of `n` payload bytes) on a transport found writable
+        this tick (`Shard.write` without its per-frame bookkeeping: the tick counts
         its states once)."""
         conn = session.conn
         if conn.protocol.state is not _OPEN:
@@ -218,16 +208,13 @@ class Ticker:
         session.known = known
         session.stale = True
 
-    def _writable(self, session: Session, mono: float) -> bool:
-        """False while the client's send buffer is over the limit; drops it when stuck."""
-        s = self.shard.settings
-        transport = session.conn.transport
+    def _over_limit(self, session: Session, transport, mono: float) -> None:
+        """A client not writable this tick (closing, or its send buffer over the limit): count
+        the skipped state, and drop the client once it has been stuck too long or too far."""
         if transport is None or transport.is_closing():
-            return False
+            return
+        s = self.shard.settings
         size = transport.get_write_buffer_size()
-        if size <= s.send_buffer_limit:
-            session.over_since = None
-            return True
         self.shard.metrics.send_drops.inc()
         if session.over_since is None:
             session.over_since = mono
@@ -238,7 +225,6 @@ class Ticker:
                         s.send_buffer_limit, s.stuck_close_s, s.send_buffer_max)
             self.shard.metrics.stuck_drops.inc()
             transport.abort()  # a close frame would only queue behind what it can't read
-        return False
 
     def _housekeeping(self, mono: float) -> None:
         shard = self.shard

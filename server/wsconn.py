@@ -312,8 +312,7 @@ class ShardConnection(asyncio.Protocol):
         shard = self.listener.shard
         metrics = shard.metrics
         try:
-            s = shard.settings
-            msg = parse(data, max_chat=s.max_chat, name_pattern=s.name_pattern)
+            msg = _parse(shard, data)
         except ProtocolError:
             metrics.messages_in.inc("invalid")
             metrics.bytes_in.inc("invalid", by=len(data))

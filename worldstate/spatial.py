@@ -8,9 +8,6 @@ from collections.abc import Iterator
 import numpy as np
 
 
-_floor = math.floor
-
-
 class Grid:
     """Uniform grid of square cells mapping cell -> the keys (ints) standing in it.
 
@@ -51,8 +48,7 @@ class Grid:
 
     def update(self, key: int, x: float, z: float) -> bool:
         """Record that `key` now stands at (x, z); True when it changed cells (cheap when not)."""
-        c = self.cell
-        ck = (_floor(x / c), _floor(z / c))  # `_key`, inlined: this runs for every move
+        ck = self._key(x, z)
         old = self._where[key]
         if ck == old:
             return False

@@ -105,9 +105,7 @@ class World:
         The time allowance is `now_ms` minus the previous applied move (at most 1 s; the first
         move of an entity, or the first after a teleport, gets the full second).
         """
-        s = self._slot.get(entity_id)
-        if s is None:
-            raise UnknownEntity(entity_id)
+        s = self._require(entity_id)
         ent = self._ents[s]
         last = self._last_ms[s]
         dt = 1.0 if last is None else (now_ms - last) / 1000.0
