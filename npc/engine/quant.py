@@ -90,13 +90,15 @@ def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS)
     if param.device.type != "cpu" or param.dtype != torch.float32:
         raise ValueError("int8 weight-only quantisation is implemented for fp32 models on the CPU only")
     q = fuse_projections(model)
+    wide_bf16 = native_bf16()
     for block in q.layers:
         attn, mlp = block.self_attn, block.mlp
         for parent, name in ((attn, "qkv_proj"), (attn, "o_proj"), (mlp, "gate_up_proj"), (mlp, "down_proj")):
             lin = getattr(parent, name)
-            setattr(parent, name, Int8Linear(lin.weight, lin.bias, max_kernel_rows=max_kernel_rows))
+            setattr(parent, name, Int8Linear(lin.weight, lin.bias, max_kernel_rows=max_kernel_rows,
+                                             wide_bf16=wide_bf16))
     head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    q.head_int8 = Int8Linear(head, None, max_kernel_rows=max_kernel_rows)
+    q.head_int8 = Int8Linear(head, None, max_kernel_rows=max_kernel_rows, wide_bf16=wide_bf16)
     q.logits = _int8_logits.__get__(q)  # same signature as Transformer.logits
     return q
 

@@ -55,7 +55,7 @@ class _Prefill:
     rows: slice  # this chunk's tokens in the packed batch
     row: int  # its sequence's KV row
     start: int  # position of its first token
-    mask: torch.Tensor | None = None  # (n, start + n) causal mask over its row, made once per step
+    mask: torch.Tensor | None = None  # (n, start + n) causal mask over its row (None from position 0)
 
 
 @dataclass(slots=True)
@@ -90,15 +90,15 @@ def _reserved_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.de
 class StepContext:
     """The AttentionContext for one packed forward pass: stores new K/V, attends over rows."""
 
-    def __init__(self, runner: "Runner", slots: torch.Tensor, row_of_token: torch.Tensor,
-                 pos_of_token: torch.Tensor, num_decodes: int, decode_rows: torch.Tensor | None,
+    def __init__(self, runner: "Runner", slots: torch.Tensor, row_index: torch.Tensor,
+                 num_decodes: int, decode_rows: torch.Tensor | None,
                  span: int, length: int, decode_mask: torch.Tensor | None, prefills: list[_Prefill],
                  shared: list[_Shared]) -> None:
         self.runner = runner
         self.slots = slots  # (T,) page slot of each packed token
-        self.row_of_token = row_of_token  # (T,)
-        self.pos_of_token = pos_of_token  # (T,)
-        self._row_index: torch.Tensor | None = None  # (T * Hkv,) made by the first layer
+        # (T * Hkv,) where token t's head h goes in a layer's rows seen as (R * Hkv * row_len, D):
+        # (row_t * Hkv + h) * row_len + pos_t.
+        self.row_index = row_index
         self.num_decodes = num_decodes
         self.decode_rows = decode_rows  # (B,) row of each decode
         self.span = span  # decodes use rows [0, span)
@@ -113,18 +113,10 @@ class StepContext:
         r.k_pages[layer].index_copy_(0, self.slots, k)
         r.v_pages[layer].index_copy_(0, self.slots, v)
         rk, rv = r.k_rows[layer], r.v_rows[layer]  # (R, Hkv, row_len, D)
-        # Into the rows: token t, head h goes to rk[row_t, h, pos_t], i.e. flat position
-        # (row_t * Hkv + h) * row_len + pos_t of the (R * Hkv * row_len, D) view. One
-        # index_copy_ per layer (the index made once per step) is ~5x cheaper than
-        # advanced-index assignment.
-        if self._row_index is None:
-            hkv, row_len = rk.shape[1], rk.shape[2]
-            heads = torch.arange(hkv, device=k.device)
-            self._row_index = ((self.row_of_token[:, None] * hkv + heads) * row_len
-                               + self.pos_of_token[:, None]).reshape(-1)
+        # One index_copy_ on a flat view: ~5x cheaper than advanced-index assignment.
         d = k.shape[-1]
-        rk.view(-1, d).index_copy_(0, self._row_index, k.reshape(-1, d))
-        rv.view(-1, d).index_copy_(0, self._row_index, v.reshape(-1, d))
+        rk.view(-1, d).index_copy_(0, self.row_index, k.reshape(-1, d))
+        rv.view(-1, d).index_copy_(0, self.row_index, v.reshape(-1, d))
         hq, d = q.shape[1], q.shape[2]
         hkv = k.shape[1]
         group = hq // hkv
@@ -165,10 +157,6 @@ class StepContext:
                 end = p.start + n
                 kp = rk[p.row, :, :end].unsqueeze(0)  # (1, Hkv, end, D)
                 vp = rv[p.row, :, :end].unsqueeze(0)
-                if p.mask is None:  # made by the first layer, reused by the others
-                    # Query i sits at position start + i and sees positions <= start + i.
-                    qpos = torch.arange(p.start, end, device=q.device).unsqueeze(1)
-                    p.mask = torch.arange(end, device=q.device).unsqueeze(0) <= qpos  # (n, end)
                 op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, enable_gqa=True)
             out[p.rows] = op.squeeze(0).transpose(0, 1)
         return out
@@ -388,7 +376,10 @@ class Runner:
                 decode_rows.append(row)
                 decode_lens.append(b)
             elif i >= len(decodes) + len(grouped):
-                prefills.append(_Prefill(slice(t0, len(ids)), row, a))
+                # Query i sits at position a + i and sees positions <= a + i.
+                causal = (torch.arange(b, device=self.device).unsqueeze(0)
+                          <= torch.arange(a, b, device=self.device).unsqueeze(1)) if a else None  # (n, b)
+                prefills.append(_Prefill(slice(t0, len(ids)), row, a, causal))
         tensor = self._tensor
         span = length = 0
         rows_t = mask = None
@@ -410,9 +401,14 @@ class Runner:
             shared.append(_Shared(slice(t0, t0 + m), tensor(rows), rows[0], prefix, tail,
                                   self._length_mask(lens, tail).view(1, m, 1, tail)))
             t0 += m
-        ctx = StepContext(self, tensor(slots), tensor(row_of_token), tensor(positions), len(decodes),
+        positions_t = tensor(positions)
+        hkv = self.model.cfg.num_kv_heads
+        heads = torch.arange(hkv, device=self.device)
+        row_index = ((tensor(row_of_token)[:, None] * hkv + heads) * self.row_len
+                     + positions_t[:, None]).reshape(-1)  # (T * Hkv,)
+        ctx = StepContext(self, tensor(slots), row_index, len(decodes),
                           rows_t, span, length, mask, prefills, shared)
-        hidden = self.model(tensor(ids), tensor(positions), ctx)  # (T, C)
+        hidden = self.model(tensor(ids), positions_t, ctx)  # (T, C)
         if not sample_rows:
             return {}
         logits = self.model.logits(hidden.index_select(0, tensor(sample_rows)))  # (N, V) fp32
