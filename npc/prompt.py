@@ -3,7 +3,9 @@
 Order, from most shared to least:
 1. the NPC's fixed part (persona, lore, world facts, few-shot lines): the same tokens for
    every player, so the engine computes its KV once and reuses it;
-2. the situation (place, time of day, who is near, what the player built near);
+2. the situation: first what every player at this NPC shares at the moment (place, time
+   of day, who stands near), then what is this player's (who they are to the NPC, what they
+   built near), so players talking to one NPC share its KV past the fixed part;
 3. memory of this player (a running summary, then recent turns verbatim);
 4. the player's line, then the one or two facts relevant to it, right before the answer.
 
@@ -36,7 +38,8 @@ class Situation:
     player_name: str
     place: str | None = None
     time_of_day: str | None = None
-    nearby: tuple[str, ...] = ()        # names of others near the NPC
+    nearby: tuple[str, ...] = ()        # names of those near the NPC whom it has met
+    strangers: int = 0                  # how many others near it it has not met
     built_nearby: tuple[str, ...] = ()  # what the player built near, in words
 
 
@@ -88,17 +91,20 @@ def fixed_part(persona: Persona, facts: Sequence[str]) -> list[Message]:
 
 def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
                     detail: bool) -> str:
-    # The NPC knows a player's name only once it has met them: names are learnt in
-    # conversation and remembered, which is what makes remembering them mean something.
+    # The shared sentences come first and read the same for every speaker, so one player's
+    # prompt computes them for the next. The NPC knows a player's name only once it has met
+    # them: names are learnt in conversation and remembered, which is what makes
+    # remembering them mean something (strangers near it are only counted).
     met = memory is not None and memory.met_before
-    who = s.player_name if met else "a traveller"
-    parts = [f"You are talking with {who}" + ("." if met else " you have not met before.")]
+    parts = []
     if s.place:
         parts.append(f"You are at {s.place}.")
     if s.time_of_day:
         parts.append(f"It is {s.time_of_day}.")
-    if detail and s.nearby:
-        parts.append("Also nearby: " + ", ".join(s.nearby) + ".")
+    if detail and (company := _company(s.nearby, s.strangers)):
+        parts.append(f"Near you: {company}.")
+    who = s.player_name if met else "a traveller"
+    parts.append(f"You are talking with {who}" + ("." if met else " you have not met before."))
     if detail and s.built_nearby:
         parts.append(f"The traveller has built nearby: " + "; ".join(s.built_nearby) + ".")
     if met:
@@ -106,6 +112,23 @@ def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
         if memory.summary:
             parts.append(f"What you remember of them: {memory.summary}")
     return " ".join(parts)
+
+
+CROWD = 5  # strangers near an NPC are mentioned once there are this many
+
+
+def _company(names: Sequence[str], strangers: int) -> str:
+    """"Ada, Bo and many other travellers" / "Ada" / "many travellers" / "" (nobody of note).
+
+    Passers-by come and go all the time: naming or counting them would make the shared
+    part differ from one line to the next, so strangers are mentioned only as a crowd.
+    """
+    words = list(names)
+    if strangers >= CROWD:
+        words.append("many other travellers" if names else "many travellers")
+    if len(words) < 2:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _facts_text(facts: Sequence[str]) -> str:

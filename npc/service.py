@@ -48,6 +48,8 @@ class NpcSettings:
     answer_timeout_s: float = 60.0    # an answer still running after this ends as cancelled
     leave_range_factor: float = 2.0   # the speaker beyond talk_range x this stops the answer
     facts_per_answer: int = 2         # relevant facts placed right before the answer
+    nearby_range: float = 15.0        # metres: players this close to an NPC are "near" it in its prompt
+    nearby_names: int = 5             # at most this many named: those it has met (strangers only as a crowd)
     threads: int = 0                  # torch CPU threads for the engine; 0 = torch's default
     close_grace_s: float = 3.0        # at shutdown, how long memory writes and summaries may finish
     # The interpreter's thread switch interval while the engine runs in this process (0:
@@ -59,8 +61,8 @@ class NpcSettings:
         for name in ("max_running", "context_tokens", "memory_tokens", "facts_per_answer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"npc {name} must be >= 1")
-        if self.max_waiting < 0 or self.threads < 0:
-            raise ValueError("npc max_waiting and threads must be >= 0")
+        if self.max_waiting < 0 or self.threads < 0 or self.nearby_names < 0 or self.nearby_range < 0:
+            raise ValueError("npc max_waiting, threads, nearby_names and nearby_range must be >= 0")
         if not 0 < self.soft_stop <= 1:
             raise ValueError("npc soft_stop must be in (0, 1]")
         if self.close_grace_s < 0 or self.switch_interval_ms < 0:
@@ -307,11 +309,21 @@ class NpcService(NpcHook):
         world, cfg = self.shard.world, self.shard.config
         place = nearest_place(cfg, persona.x, persona.z)
         at = place.name if place is not None and math.hypot(place.x - persona.x, place.z - persona.z) < 30 else None
+        # Who stands near reads the same for every speaker (names sorted, strangers as a crowd),
+        # so it belongs to the part of the prompt that players at this NPC share.
+        company = sorted({e.name for e in world.near(persona.x, persona.z, self.settings.nearby_range, "player")},
+                         key=str.lower)
+        known = tuple(n for n in company if self._has_met(persona, n))[: self.settings.nearby_names]
         near = world.near(persona.x, persona.z, cfg.aoi)
-        others = tuple(e.name for e in near if e.kind == "player" and e.id != line.speaker)[:5]
         built = tuple(_describe(e) for e in near if e.kind == "object"
                       and (e.props or {}).get("owner", "").lower() == line.speaker_name.lower())[:3]
-        return Situation(line.speaker_name, at, time_of_day(time.localtime().tm_hour), others, built)
+        return Situation(line.speaker_name, at, time_of_day(time.localtime().tm_hour), known,
+                         len(company) - len(known), built)
+
+    def _has_met(self, persona: Persona, name: str) -> bool:
+        """Whether this NPC remembers talking with `name` (as far as this shard has recalled)."""
+        mem = self._memory.get((persona.id, name.lower()))
+        return mem is not None and bool(mem.summary or mem.turns)
 
     async def _pump(self, ans: _Answer) -> tuple[str, int]:
         """Relay pieces to the listeners until the answer ends; (reason, completion tokens)."""

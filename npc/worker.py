@@ -108,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prefills-per-step", type=int, default=None,
                    help="prompts computed in one step, the rest wait a step (0: no limit; default: the "
                         "engine's, 4; fewer keep the running answers' inter-token latency down)")
+    p.add_argument("--prefill-with-decodes", type=int, default=None,
+                   help="prompt tokens per step while answers decode (0: what the token budget leaves; "
+                        "default: the engine's, 64; fewer keep the gaps between tokens down, more "
+                        "the time to a new answer's first token)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--share-prefix-attention", action="store_true",
                    help="decodes sharing a cached prompt prefix read its K/V once per group")
@@ -131,6 +135,8 @@ def build_engine(args: argparse.Namespace):
                               device=args.device, dtype=args.dtype, threads=args.threads)
     if args.max_prefills_per_step is not None:
         settings = dataclasses.replace(settings, max_prefills_per_step=args.max_prefills_per_step)
+    if args.prefill_with_decodes is not None:
+        settings = dataclasses.replace(settings, prefill_with_decodes=args.prefill_with_decodes)
     if args.model == "tiny":
         from npc.engine.tiny import tiny_model, tiny_tokenizer
 

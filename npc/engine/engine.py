@@ -27,7 +27,7 @@ from npc.engine.detok import Detokenizer
 from npc.engine.errors import Busy, EngineClosed, RequestTooLong
 from npc.engine.metrics import EngineMetrics
 from npc.engine.model import Transformer
-from npc.engine.quant import MAX_KERNEL_ROWS
+from npc.engine.quant import kernel_rows
 from npc.engine.runner import Runner, blocks_in_budget
 from npc.engine.scheduler import Scheduler, SchedulerConfig
 from npc.engine.sequence import Priority, SamplingParams, Sequence, Status
@@ -57,6 +57,9 @@ class EngineSettings:
     token_budget: int = 0
     # Sequences in prefill per forward pass (0: no limit): see SchedulerConfig.max_prefills.
     max_prefills_per_step: int = 4
+    # Prompt tokens per forward pass while answers are decoding (0: what the token budget
+    # leaves): see SchedulerConfig.prefill_with_decodes.
+    prefill_with_decodes: int = 64
     block_size: int = 16  # tokens per KV block (and prefix-cache granularity)
     kv_budget_mb: float = 512.0  # memory for the KV pages (prefix cache and block accounting)
     max_model_len: int = 1024  # prompt plus completion, capped at the model's max_position
@@ -66,8 +69,9 @@ class EngineSettings:
     # npc/engine/quant.py for the kernel choice and the parity bound against fp32).
     dtype: str = "auto"
     # With int8 weights: forward passes of up to this many tokens use the int8 kernel,
-    # larger ones fp32 GEMM on the same (dequantised) weights.
-    int8_max_rows: int = MAX_KERNEL_ROWS
+    # larger ones a bf16 (or fp32) GEMM on the same integers. -1: the crossover measured
+    # for this kind of CPU (npc.engine.quant.kernel_rows: 4 with native bf16, else 16).
+    int8_max_rows: int = -1
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     # Decodes sharing a cached prefix (one NPC's persona) read its K/V once per group. The
     # logits move by float noise (~3e-5, like a change of batch size), which can flip a
@@ -78,15 +82,17 @@ class EngineSettings:
         if self.token_budget == 0:
             object.__setattr__(self, "token_budget", max(128, 2 * self.max_running))
         SchedulerConfig(self.max_running, self.max_waiting, self.token_budget, self.max_model_len,
-                        self.max_prefills_per_step)
+                        self.max_prefills_per_step, self.prefill_with_decodes)
         if self.block_size < 1:
             raise ValueError("block_size must be >= 1")
         if self.kv_budget_mb <= 0:
             raise ValueError("kv_budget_mb must be > 0")
         if self.dtype not in ("auto", "int8") and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be auto, int8 or one of {sorted(_DTYPES)}")
+        if self.int8_max_rows == -1:
+            object.__setattr__(self, "int8_max_rows", kernel_rows())
         if self.int8_max_rows < 0:
-            raise ValueError("int8_max_rows must be >= 0")
+            raise ValueError("int8_max_rows must be >= 0, or -1 for this CPU's crossover")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
@@ -173,7 +179,8 @@ class EngineCore:
             raise ValueError("kv_budget_mb is too small for even one KV block")
         max_len = min(settings.max_model_len, model.cfg.max_position)
         self.config = SchedulerConfig(settings.max_running, settings.max_waiting,
-                                      settings.token_budget, max_len, settings.max_prefills_per_step)
+                                      settings.token_budget, max_len, settings.max_prefills_per_step,
+                                      settings.prefill_with_decodes)
         self.blocks = BlockManager(num_blocks, settings.block_size)
         self.scheduler = Scheduler(self.config, self.blocks)
         int8_rows = settings.int8_max_rows if settings.int8_weights() else None

@@ -29,6 +29,11 @@ class SchedulerConfig:
     # its row), and every decode in that step waits for them: a burst of arrivals is
     # admitted a few per step instead of all at once.
     max_prefills: int = 0
+    # Prompt tokens per step while any sequence decodes (0: what the token budget leaves).
+    # A step's time grows with its prompt tokens and every decode in it waits the whole
+    # step, so this bounds the gap between two tokens of a running answer; a prompt that
+    # arrives alone still gets the full budget.
+    prefill_with_decodes: int = 0
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
@@ -39,8 +44,8 @@ class SchedulerConfig:
             raise ValueError("token_budget must be >= max_running so every decode fits a step")
         if self.max_model_len < 2:
             raise ValueError("max_model_len must be >= 2")
-        if self.max_prefills < 0:
-            raise ValueError("max_prefills must be >= 0")
+        if self.max_prefills < 0 or self.prefill_with_decodes < 0:
+            raise ValueError("max_prefills and prefill_with_decodes must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,8 @@ class Scheduler:
                 budget -= 1
         # Work already queued for preempted sequences is dropped above via status checks.
         work = [w for w in work if w.seq.status is Status.RUNNING]
+        if work and self.config.prefill_with_decodes:
+            budget = min(budget, self.config.prefill_with_decodes)
         # Unfinished prefills continue in admission order.
         prefills = 0
         room = self.config.max_prefills or self.config.max_running

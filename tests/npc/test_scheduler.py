@@ -190,3 +190,26 @@ def test_prefills_per_step_are_bounded_and_decodes_are_not() -> None:
     assert len(run_step(unlimited)) == 4
     with pytest.raises(ValueError):
         SchedulerConfig(max_prefills=-1)
+
+
+def test_prompt_tokens_are_capped_while_answers_decode() -> None:
+    """With prefill_with_decodes=8, a prompt arriving alone gets the whole budget; one arriving
+    while another answer decodes gets at most 8 tokens a step, and the decode goes on each step."""
+    s = make(max_running=4, token_budget=32, prefill_with_decodes=8)
+    a = seq(20)
+    s.add(a)
+    assert [w.count for w in run_step(s)] == [20]  # alone: all of it in one step
+    b = seq(20, start=100)
+    s.add(b)
+    steps = [[(w.seq, w.count) for w in run_step(s)] for _ in range(3)]
+    assert steps == [[(a, 1), (b, 8)], [(a, 1), (b, 8)], [(a, 1), (b, 4)]]
+    assert b.num_completion == 1
+    uncapped = make(max_running=4, token_budget=32)
+    c = seq(20)
+    uncapped.add(c)
+    run_step(uncapped)
+    d = seq(20, start=100)
+    uncapped.add(d)
+    assert [(w.seq, w.count) for w in run_step(uncapped)] == [(c, 1), (d, 20)]
+    with pytest.raises(ValueError):
+        SchedulerConfig(prefill_with_decodes=-1)
