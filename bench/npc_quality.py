@@ -1,6 +1,6 @@
 """How often the default village's NPCs answer with the right fact (a question set of our own).
 
-    .venv/bin/python bench/npc_quality.py [--model PATH] [--variants full,no-fact-stop,no-facts] [--json FILE]
+    .venv/bin/python bench/npc_quality.py [--model PATH] [--variants full,no-fact-stop,no-facts,one-fact] [--json FILE]
 
 Each question names the words (any of them) that a right answer contains, never words
 the question itself gives away. The check is lenient: an answer that carries the fact
@@ -86,7 +86,7 @@ async def run(args) -> dict:
     report: dict = {}
     async with engine:
         for variant in args.variants:
-            facts = 0 if variant == "no-facts" else settings.facts_per_answer
+            facts = {"no-facts": 0, "one-fact": 1}.get(variant, settings.facts_per_answer)
             rows, started = [], time.monotonic()
             for npc_id, questions in QUESTIONS.items():
                 for question, expect in questions:
@@ -114,7 +114,7 @@ async def run(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF file or HF directory (default: the default model)")
-    ap.add_argument("--variants", default="full,no-fact-stop,no-facts", help="comma-separated: full, no-fact-stop, no-facts")
+    ap.add_argument("--variants", default="full,no-fact-stop,no-facts", help="comma-separated: full, no-fact-stop, no-facts, one-fact")
     ap.add_argument("--json", default=None, help="write the full report (with answers) here")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every answer")
     args = ap.parse_args()

@@ -13,7 +13,7 @@ import pytest
 from npc.service import NpcService, NpcSettings
 from server.app import run_shard
 from tests.server.conftest import shard_settings
-from tests.server.wire import close_all, join, walk_to, write_world
+from tests.server.wire import close_all, join, unique_name, walk_to, write_world
 
 GUARD = {"id": "guard", "name": "Guard", "x": 2.0, "y": 0.0, "z": 0.0,
          "persona": "A quiet test guard.", "reply_tokens": 48}
@@ -180,3 +180,40 @@ async def test_first_line_to_an_npc_finds_its_fixed_prompt_cached(tmp_path):
         block = service.engine.settings.block_size
         assert counters["cached_prompt_tokens"] - before >= (fixed // block - 1) * block > 0
         await close_all(alice)
+
+
+async def test_a_returning_players_next_line_reuses_their_last_prompt(tmp_path):
+    """The situation and the remembered turns come before the new line, and read the same
+    from one line to the next: the third line finds the second one's prompt (situation,
+    first turn, second line) in the prefix cache, beyond the fixed part that every line finds."""
+    async with npc_shard(tmp_path) as (shard, service):
+        counters = service.engine.metrics.counters
+        name = unique_name("Alice")
+        alice = await join(shard.ws_url, name)
+        cached = []
+        for text in ("hello guard", "what do you guard?", "and at night?"):
+            before = counters["cached_prompt_tokens"]
+            await alice.send({"t": "chat", "text": text, "to": "n:guard"})
+            await alice.recv_type("npc_end", timeout=20)
+            cached.append(counters["cached_prompt_tokens"] - before)
+        first_answer = service._memory[("n:guard", name.lower())].turns[0].answer
+        assert cached[2] - cached[1] >= len(service.engine.tokenizer.encode(first_answer)) > 0
+        await close_all(alice)
+
+
+async def test_the_npc_names_only_players_it_has_met_among_those_near(tmp_path):
+    """Near the NPC, a player it has talked with is named in every speaker's situation; one
+    it has not met is not (names are learnt in conversation)."""
+    from types import SimpleNamespace
+
+    async with npc_shard(tmp_path) as (shard, service):
+        a_name, b_name = unique_name("Alice"), unique_name("Bob")
+        alice, bob = await join(shard.ws_url, a_name), await join(shard.ws_url, b_name)
+        await alice.send({"t": "chat", "text": "hello guard", "to": "n:guard"})
+        await alice.recv_type("npc_end", timeout=20)
+        await bob.barrier()
+        guard = service.minds["n:guard"].persona
+        for speaker in (a_name, b_name):
+            s = service._situation(guard, SimpleNamespace(speaker_name=speaker))
+            assert s.nearby == (a_name,) and s.strangers == 1
+        await close_all(alice, bob)

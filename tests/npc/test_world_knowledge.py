@@ -110,3 +110,27 @@ def test_memory_folds_oldest_turns_beyond_budget():
     assert "Alice" in msgs[-1]["content"] and "q2 a b c" in msgs[-1]["content"]
     assert "q2" in fallback_summary(m, folded).summary
     assert len(with_summary(m, "Sentence one. " * 100, max_chars=50).summary) <= 50
+
+
+def test_situation_puts_what_players_share_before_who_is_speaking():
+    """Two players at one NPC get the same situation up to who is speaking: place, time and
+    the company (met players by name, strangers only as a crowd), so the second one's prompt
+    reuses the first one's KV past the fixed part. An unmet speaker is not named."""
+    world = default_world()
+    personas = parse_personas(world)
+    guide = personas[0]
+    fixed = fixed_part(guide, [])
+    budget = PromptBudget(context_tokens=2048, answer_tokens=80)
+    common = dict(place="Old Well", time_of_day="evening", nearby=("Ada", "Bo"), strangers=7)
+    met = Recollection(turns=(Turn("hi", "hello"),))
+    a = build_prompt(guide, fixed, Situation("Ada", **common), met, "hi", [], budget=budget, count=_count_words)
+    c = build_prompt(guide, fixed, Situation("Cy", **common), Recollection(), "hi", [], budget=budget,
+                     count=_count_words)
+    sa, sc = a.messages[len(fixed)]["content"], c.messages[len(fixed)]["content"]
+    shared = "You are at Old Well. It is evening. Near you: Ada, Bo and many other travellers. "
+    assert sa.startswith(shared) and sc.startswith(shared)
+    assert sa[len(shared):].startswith("You are talking with Ada.")
+    assert sc[len(shared):] == "You are talking with a traveller you have not met before."
+    few = build_prompt(guide, fixed, Situation("Cy", strangers=4), Recollection(), "hi", [], budget=budget,
+                       count=_count_words)
+    assert "Near you" not in few.messages[len(fixed)]["content"]  # a few passers-by are not news
