@@ -114,7 +114,10 @@ def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
     return " ".join(parts)
 
 
-CROWD = 5  # strangers near an NPC are mentioned once there are this many
+# Strangers near an NPC are mentioned once there are this many. Measured in bench/npc_world.py
+# (200 bots walking through the village): at 5 the mention came and went between one
+# player's lines at the market and cost them their cached turns.
+CROWD = 10
 
 
 def _company(names: Sequence[str], strangers: int) -> str:

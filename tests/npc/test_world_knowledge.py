@@ -121,7 +121,7 @@ def test_situation_puts_what_players_share_before_who_is_speaking():
     guide = personas[0]
     fixed = fixed_part(guide, [])
     budget = PromptBudget(context_tokens=2048, answer_tokens=80)
-    common = dict(place="Old Well", time_of_day="evening", nearby=("Ada", "Bo"), strangers=7)
+    common = dict(place="Old Well", time_of_day="evening", nearby=("Ada", "Bo"), strangers=12)
     met = Recollection(turns=(Turn("hi", "hello"),))
     a = build_prompt(guide, fixed, Situation("Ada", **common), met, "hi", [], budget=budget, count=_count_words)
     c = build_prompt(guide, fixed, Situation("Cy", **common), Recollection(), "hi", [], budget=budget,
@@ -131,6 +131,6 @@ def test_situation_puts_what_players_share_before_who_is_speaking():
     assert sa.startswith(shared) and sc.startswith(shared)
     assert sa[len(shared):].startswith("You are talking with Ada.")
     assert sc[len(shared):] == "You are talking with a traveller you have not met before."
-    few = build_prompt(guide, fixed, Situation("Cy", strangers=4), Recollection(), "hi", [], budget=budget,
+    few = build_prompt(guide, fixed, Situation("Cy", strangers=9), Recollection(), "hi", [], budget=budget,
                        count=_count_words)
     assert "Near you" not in few.messages[len(fixed)]["content"]  # a few passers-by are not news
