@@ -51,6 +51,7 @@ class ProcessSettings:
     max_waiting: int = 16
     max_model_len: int = 1536
     threads: int = 0
+    prefill_tokens: int | None = None  # --prefill-with-decodes; None: the worker's default
     restart_delay_s: float = 1.0    # wait before starting a child that died
     restart_max_s: float = 30.0     # the wait doubles up to this while children die before ready
     cancel_grace_s: float = 1.0     # a cancel the child doesn't confirm by then ends here
@@ -70,6 +71,8 @@ class ProcessSettings:
                "--device", self.device, "--dtype", self.dtype, "--max-running", str(self.max_running),
                "--max-waiting", str(self.max_waiting), "--max-model-len", str(self.max_model_len),
                "--threads", str(self.threads)]
+        if self.prefill_tokens is not None:
+            cmd += ["--prefill-with-decodes", str(self.prefill_tokens)]
         return cmd + (["--model", self.model] if self.model else [])
 
 

@@ -51,7 +51,7 @@ def _npc_hook(settings: Settings) -> NpcHook:
         engine = ProcessEngine(ProcessSettings(
             model=model, device=settings.npc_device, dtype=settings.npc_dtype,
             max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
-            max_model_len=settings.npc_context_tokens,
+            max_model_len=settings.npc_context_tokens, prefill_tokens=settings.npc_prefill_tokens,
             threads=npc_engine_threads(settings.npc_threads, "process")), tokenizer=load_tokenizer(model))
     else:
         # The engine (and PyTorch) imported now, before the listener opens: initialising torch's
@@ -63,7 +63,7 @@ def _npc_hook(settings: Settings) -> NpcHook:
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
         context_tokens=settings.npc_context_tokens, memory_tokens=settings.npc_memory_tokens,
         answer_timeout_s=settings.npc_answer_timeout_s, threads=settings.npc_threads,
-        switch_interval_ms=settings.npc_switch_interval_ms))
+        prefill_tokens=settings.npc_prefill_tokens, switch_interval_ms=settings.npc_switch_interval_ms))
 
 
 def _load_config(settings: Settings):

@@ -88,6 +88,9 @@ class Settings:
     npc_threads: int = _opt(0, "CPU threads for the NPC engine (0: auto; PyTorch's default in-process, one "
                                "fewer than this machine's CPUs (at least 1) for a child process, leaving a "
                                "core to the shard)")
+    npc_prefill_tokens: int = _opt(48, "prompt tokens an NPC engine computes per step while answers are "
+                                       "streaming (in-process and child engines; bounds the gap between "
+                                       "tokens; 0: no bound beyond the step's budget)")
     npc_switch_interval_ms: float = _opt(0.0, "with --npc-workers inprocess: the interpreter's thread switch "
                                               "interval once the engine runs (0: Python's 5 ms)")
     npc_workers: str = _opt("inprocess", "where NPC answers are computed: 'inprocess' (this shard's own engine), "

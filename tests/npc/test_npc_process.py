@@ -129,3 +129,17 @@ def test_the_child_dies_when_its_parent_dies_without_closing(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_shards_prefill_bound_reaches_both_engines(tmp_path) -> None:
+    """--npc-prefill-tokens goes to the in-process engine's settings and to the child's command line."""
+    from npc.service import NpcSettings, load_engine
+    from server.app import _npc_hook
+
+    inproc = _npc_hook(shard_settings(tmp_path, npc_model="tiny", npc_prefill_tokens=20))
+    assert load_engine(inproc.settings).core.config.prefill_with_decodes == 20
+    assert NpcSettings().prefill_tokens == 48
+    child = _npc_hook(shard_settings(tmp_path, npc_model="tiny", npc_workers="process", npc_prefill_tokens=20))
+    cmd = child.engine.settings.command()
+    assert cmd[cmd.index("--prefill-with-decodes") + 1] == "20"
+    assert "--prefill-with-decodes" not in ProcessSettings(model="tiny").command()

@@ -159,3 +159,14 @@ def test_worker_process_speaks_json_lines() -> None:
     done = [r for r in replies if r["t"] == "done"]
     assert len(done) == 1 and done[0]["completion_tokens"] == 6
     assert "".join(r["text"] for r in replies if r["t"] == "piece") == done[0]["text"]
+
+
+def test_the_worker_command_line_sets_the_prefill_bound() -> None:
+    """--prefill-with-decodes reaches the engine's scheduler; without it the engine's default holds."""
+    from npc.worker import _parser, build_engine
+
+    args = _parser().parse_args(["--model", "tiny", "--prefill-with-decodes", "24"])
+    engine = build_engine(args)
+    assert engine.core.config.prefill_with_decodes == 24
+    default = build_engine(_parser().parse_args(["--model", "tiny"]))
+    assert default.core.config.prefill_with_decodes == EngineSettings().prefill_with_decodes
