@@ -94,7 +94,7 @@ def _situation_text(persona: Persona, s: Situation, memory: Recollection | None,
     # The shared sentences come first and read the same for every speaker, so one player's
     # prompt computes them for the next. The NPC knows a player's name only once it has met
     # them: names are learnt in conversation and remembered, which is what makes
-    # remembering them mean something (strangers near it are only counted).
+    # remembering them mean something (strangers near it show only as a crowd).
     met = memory is not None and memory.met_before
     parts = []
     if s.place:
