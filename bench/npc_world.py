@@ -189,6 +189,8 @@ def start_shard(args, db: str, mqtt: str | None = None) -> tuple[subprocess.Pope
         cmd += ["--npc-workers", "process"]
     if args.switch_interval_ms:
         cmd += ["--npc-switch-interval-ms", str(args.switch_interval_ms)]
+    if args.prefill_tokens is not None:
+        cmd += ["--npc-prefill-tokens", str(args.prefill_tokens)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
     url, http, ready = None, None, False
@@ -242,7 +244,7 @@ async def run(args) -> dict:
     ends = sum(stats["ends"].values())
     return {
         "talkers": args.talkers, "movers": args.movers, "duration_s": args.duration,
-        "switch_interval_ms": args.switch_interval_ms or None,
+        "switch_interval_ms": args.switch_interval_ms or None, "prefill_tokens": args.prefill_tokens,
         "engine": {"remote": "remote worker process (MQTT)", "process": "child worker process (pipe)",
                    "inprocess": "in the shard's process"}[args.workers],
         "asked": stats["asked"], "npc_starts": stats["starts"], "npc_ends": ends, "end_reasons": stats["ends"],
@@ -332,6 +334,8 @@ def main() -> None:
     ap.add_argument("--remote", action="store_const", dest="workers", const="remote", help="--workers remote")
     ap.add_argument("--switch-interval-ms", type=float, default=0.0,
                     help="--npc-switch-interval-ms for the shard (in-process engine; 0: Python's 5 ms)")
+    ap.add_argument("--prefill-tokens", type=int, default=None,
+                    help="--npc-prefill-tokens for the shard (default: the shard's, 48)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs in a row, each with a fresh shard; the report gives each run's figures and "
