@@ -329,7 +329,7 @@ class NpcService(NpcHook):
     def _has_met(self, persona: Persona, name: str) -> bool:
         """Whether this NPC remembers talking with `name` (as far as this shard has recalled)."""
         mem = self._memory.get((persona.id, name.lower()))
-        return mem is not None and bool(mem.summary or mem.turns)
+        return mem is not None and mem.recollection().met_before
 
     async def _pump(self, ans: _Answer) -> tuple[str, int]:
         """Relay pieces to the listeners until the answer ends; (reason, completion tokens)."""
