@@ -27,7 +27,7 @@ from npc.engine.detok import Detokenizer
 from npc.engine.errors import Busy, EngineClosed, RequestTooLong
 from npc.engine.metrics import EngineMetrics
 from npc.engine.model import Transformer
-from npc.engine.quant import kernel_rows
+from npc.engine.quant import head_kernel_rows, kernel_rows
 from npc.engine.runner import Runner, blocks_in_budget
 from npc.engine.scheduler import Scheduler, SchedulerConfig
 from npc.engine.sequence import Priority, SamplingParams, Sequence, Status
@@ -70,8 +70,11 @@ class EngineSettings:
     dtype: str = "auto"
     # With int8 weights: forward passes of up to this many tokens use the int8 kernel,
     # larger ones a bf16 (or fp32) GEMM on the same integers. -1: the crossover measured
-    # for this kind of CPU (npc.engine.quant.kernel_rows: 4 with native bf16, else 16).
+    # for this kind of CPU (npc.engine.quant.kernel_rows: 4 with native bf16, else 6).
     int8_max_rows: int = -1
+    # The same for the output head (-1: npc.engine.quant.head_kernel_rows, 4 with native
+    # bf16, else 16).
+    int8_head_rows: int = -1
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     # Decodes sharing a cached prefix (one NPC's persona) read its K/V once per group. The
     # logits move by float noise (~3e-5, like a change of batch size), which can flip a
@@ -93,6 +96,10 @@ class EngineSettings:
             object.__setattr__(self, "int8_max_rows", kernel_rows())
         if self.int8_max_rows < 0:
             raise ValueError("int8_max_rows must be >= 0, or -1 for this CPU's crossover")
+        if self.int8_head_rows == -1:
+            object.__setattr__(self, "int8_head_rows", head_kernel_rows())
+        if self.int8_head_rows < 0:
+            raise ValueError("int8_head_rows must be >= 0, or -1 for this CPU's crossover")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
@@ -186,7 +193,7 @@ class EngineCore:
         int8_rows = settings.int8_max_rows if settings.int8_weights() else None
         self.runner = Runner(model, num_blocks=num_blocks, block_size=settings.block_size,
                              max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype,
-                             int8_max_rows=int8_rows)
+                             int8_max_rows=int8_rows, int8_head_rows=settings.int8_head_rows)
         if settings.share_prefix_attention:
             self.runner.min_shared_prefix = max(32, 2 * settings.block_size)
         self.metrics = EngineMetrics()

@@ -10,7 +10,10 @@ integer weights first, the row scales after. Two kernels give that same value:
 - up to `max_kernel_rows` rows (tokens) in the step, `torch.ops.aten._weight_int8pack_mm`
   (bf16 activations, int8 weights, unit scales): a GEMV at heart, reading 1 byte a weight;
 - more rows, a GEMM on the same integers held wider: bf16 (exact for -127..127) where the
-  CPU multiplies bf16 natively (AVX512-BF16/AMX, about twice fp32's GEMM speed), else fp32.
+  CPU multiplies bf16 natively (AVX512-BF16/AMX, about twice fp32's GEMM speed), else fp32,
+  held transposed (K, N) for `x @ w`: with torch 2.13's CPU build, `F.linear` (x @ w.T) took
+  3-5x longer for 4-48 rows on an Ice Lake Xeon (gate/up at 16 rows: 1.42 ms against
+  0.29 ms), the same from 64 rows on.
 Both accumulate in fp32 and round once to bf16 before the scale, so they agree bit for bit
 on 99.99% of outputs (the rest one bf16 step apart; measured on 3072x576 weights from 1
 to 128 rows): a sequence's greedy tokens do not depend on which kernel its batch used.
@@ -28,21 +31,37 @@ from torch import nn
 from npc.engine.model import Transformer, fuse_projections
 
 # Steps of up to this many rows (tokens) use the int8 kernel; more use the wide GEMM.
-# Measured crossovers (the model's projections and its 49152-row head, 1 and 2 threads):
-# 4 rows against the bf16 GEMM (AVX512-BF16: the kernel works in blocks of 4 rows, and a
-# fifth row costs as much as four), ~16 against fp32 (AVX2).
+# Measured crossovers (the model's projections and its 49152-row head, 2 threads), see
+# kernel_rows() and head_kernel_rows().
 MAX_KERNEL_ROWS = 8  # Int8Linear's default when built by hand
 
 
 def kernel_rows() -> int:
-    """The measured crossover for this CPU: 4 rows where bf16 GEMM is native, else 16."""
+    """The projections' measured crossover for this CPU: 4 rows against the bf16 GEMM
+    (AVX512-BF16 on an EPYC: the kernel works in blocks of 4 rows, and a fifth row costs as
+    much as four), 6 against the transposed fp32 GEMM (Ice Lake Xeon, AVX-512 without BF16:
+    the model's projections take 20.8 ms a step at 6 rows either way, 11.5 int8 / 18.5 fp32
+    at 4 rows, 23.5 / 22.5 at 8)."""
+    return 4 if native_bf16() else 6
+
+
+def head_kernel_rows() -> int:
+    """The same for the 49152-row output head, where reading the weights dominates longer:
+    4 against bf16, 16 against fp32 (Ice Lake: 6.7 / 10.4 ms at 8 rows, 11.4 / 11.0 at 16)."""
     return 4 if native_bf16() else 16
 
 
 def native_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (then the wide kernel is bf16, else fp32)."""
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX; then the wide kernel
+    is bf16, else fp32).
+
+    oneDNN's own "bf16 supported" is true on any AVX-512 CPU because it can emulate bf16 there,
+    but emulated it is the slowest choice: on an Ice Lake Xeon (AVX-512 without BF16) a 64-row
+    bf16 GEMM of 1536x576 took 1.8 ms against 0.55 ms in fp32. So ask for the instructions.
+    """
+    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -51,7 +70,7 @@ class Int8Linear(nn.Module):
     """y = bf16(bf16(x) @ q.T) * scale (+ bias), rounded to bf16, returned in x's dtype.
 
     q (N, K) int8 and scale (N,) bf16, one scale per output row. `wide` (N, K) holds q in
-    bf16 or fp32 for steps of more than `max_kernel_rows` rows.
+    bf16, or (K, N) fp32, for steps of more than `max_kernel_rows` rows.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *,
@@ -66,7 +85,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
         self.register_buffer("unit", torch.ones_like(scale))  # the int8 kernel's scales: 1
-        self.register_buffer("wide", q.to(torch.bfloat16 if self.wide_bf16 else torch.float32))
+        # bf16 (N, K) for F.linear; fp32 transposed, (K, N), for x @ wide (see the module doc).
+        self.register_buffer("wide", q.to(torch.bfloat16) if self.wide_bf16
+                             else q.to(torch.float32).t().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.max_kernel_rows = max_kernel_rows
         self.in_features, self.out_features = w.shape[1], w.shape[0]
@@ -80,15 +101,17 @@ class Int8Linear(nn.Module):
         elif self.wide_bf16:
             y = F.linear(xb, self.wide)
         else:
-            y = F.linear(xb.float(), self.wide).to(torch.bfloat16)
+            y = torch.mm(xb.float(), self.wide).to(torch.bfloat16)
         y = (y * self.scale).to(x.dtype)  # bf16 product, rounded once
         if self.bias is not None:
             y = y + self.bias
         return y if flat else y.reshape(*shape[:-1], self.out_features)
 
 
-def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS) -> Transformer:
-    """A copy of fp32 `model` with int8 projections and output head (see the module doc).
+def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS,
+                  head_kernel_rows: int | None = None) -> Transformer:
+    """A copy of fp32 `model` with int8 projections and output head (see the module doc);
+    the head's kernel takes up to `head_kernel_rows` rows (default: `max_kernel_rows`).
 
     `model` is left unchanged; the copy shares its embeddings and norms. Raises ValueError
     for a model that is not fp32 on the CPU (the int8 kernel choice is CPU-only).
@@ -105,7 +128,8 @@ def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS)
             setattr(parent, name, Int8Linear(lin.weight, lin.bias, max_kernel_rows=max_kernel_rows,
                                              wide_bf16=wide_bf16))
     head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    q.head_int8 = Int8Linear(head, None, max_kernel_rows=max_kernel_rows, wide_bf16=wide_bf16)
+    head_rows = max_kernel_rows if head_kernel_rows is None else head_kernel_rows
+    q.head_int8 = Int8Linear(head, None, max_kernel_rows=head_rows, wide_bf16=wide_bf16)
     q.logits = _int8_logits.__get__(q)  # same signature as Transformer.logits
     return q
 

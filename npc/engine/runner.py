@@ -192,9 +192,10 @@ class Runner:
 
     def __init__(self, model: Transformer, *, num_blocks: int, block_size: int, max_running: int,
                  row_len: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 int8_max_rows: int | None = None) -> None:
+                 int8_max_rows: int | None = None, int8_head_rows: int | None = None) -> None:
         """`int8_max_rows` not None: run a weight-only int8 copy of the model (fp32 on the CPU
-        only), with the int8 kernel for passes of up to that many tokens."""
+        only), with the int8 kernel for passes of up to that many tokens (the output head:
+        up to `int8_head_rows`, default the same)."""
         if min(num_blocks, block_size, max_running, row_len) < 1:
             raise ValueError("num_blocks, block_size, max_running and row_len must be >= 1")
         self.device = torch.device(device)
@@ -204,7 +205,8 @@ class Runner:
         if int8_max_rows is None:
             self.model = fuse_projections(model).eval()
         else:
-            self.model = quantize_int8(model, max_kernel_rows=int8_max_rows).eval()
+            self.model = quantize_int8(model, max_kernel_rows=int8_max_rows,
+                                       head_kernel_rows=int8_head_rows).eval()
         cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks

@@ -9,7 +9,7 @@ import torch
 
 from npc.engine.engine import Engine, EngineSettings, Result
 from npc.engine.errors import Busy, EngineClosed
-from npc.engine.quant import kernel_rows, native_bf16
+from npc.engine.quant import head_kernel_rows, kernel_rows, native_bf16
 from npc.engine.sequence import Priority, SamplingParams
 from npc.engine.tiny import tiny_model, tiny_tokenizer
 
@@ -200,15 +200,17 @@ def test_settings_validate_and_derive_the_token_budget() -> None:
     assert EngineSettings(max_running=100, max_waiting=10).token_budget == 200
     for bad in (dict(max_running=0), dict(max_running=64, token_budget=32), dict(kv_budget_mb=0),
                 dict(dtype="int3"), dict(device="tpu"), dict(threads=-1), dict(block_size=0),
-                dict(int8_max_rows=-2), dict(prefill_with_decodes=-1)):
+                dict(int8_max_rows=-2), dict(int8_head_rows=-2), dict(prefill_with_decodes=-1)):
         with pytest.raises(ValueError):
             EngineSettings(**bad)  # type: ignore[arg-type]
 
 
 def test_int8_kernel_rows_default_to_this_cpus_crossover() -> None:
     """-1 (the default) resolves to the crossover measured for this CPU's wide GEMM."""
-    assert EngineSettings().int8_max_rows == (4 if native_bf16() else 16) == kernel_rows()
+    assert EngineSettings().int8_max_rows == (4 if native_bf16() else 6) == kernel_rows()
+    assert EngineSettings().int8_head_rows == (4 if native_bf16() else 16) == head_kernel_rows()
     assert EngineSettings(int8_max_rows=8).int8_max_rows == 8
+    assert EngineSettings(int8_head_rows=8).int8_head_rows == 8
 
 
 def test_dtype_auto_is_int8_weights_on_cpu_and_int8_is_cpu_only() -> None:
