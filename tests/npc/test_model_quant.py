@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from npc.engine.model import DenseContext, ModelConfig, Transformer, fuse_projections, random_model
-from npc.engine.quant import Int8Linear, quantize_int8
+from npc.engine.quant import Int8Linear, native_bf16, quantize_int8
 
 # Bound for the default model, fp32 vs int8 weights (bf16 activations into the int8
 # projections, fp32 elsewhere), over every position of a chat prompt. Measured: mean
@@ -95,6 +95,35 @@ def test_int8_kernel_and_wide_gemm_agree_bit_for_bit_nearly_everywhere(wide_bf16
     step = a.abs().clamp(min=1e-30) * 2.0 ** -7  # one bf16 step at each value
     assert same >= 0.99, same
     assert ((a - b).abs() <= step + 1e-12).all()
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def test_native_bf16_means_the_instructions_not_onednns_emulation():
+    """The wide GEMM is bf16 only where the CPU has AVX512-BF16 or AMX: oneDNN calls bf16
+    "supported" on any AVX-512 CPU, where it is emulated and ~3x slower than fp32."""
+    flags = _cpu_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo (not Linux)")
+    assert native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def test_the_fp32_wide_gemm_holds_its_weights_transposed():
+    """Without native bf16 the wide weights are (K, N) fp32, so the GEMM is x @ w (much
+    faster for few rows than F.linear's x @ w.T on the CPUs measured), with the same values."""
+    w = torch.randn(48, 32) * 0.05
+    lin = Int8Linear(w, None, max_kernel_rows=0, wide_bf16=False)
+    assert lin.wide.shape == (32, 48) and lin.wide.is_contiguous() and lin.wide.dtype == torch.float32
+    assert torch.equal(lin.wide, lin.qweight.float().t())
 
 
 def test_fused_projections_give_the_same_logits_and_leave_the_model_alone():
