@@ -100,11 +100,13 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         angles = torch.outer(torch.arange(max_position, dtype=torch.float64), inv_freq)  # (P, D/2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # (P, D/2)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        cos, sin = angles.cos().float(), angles.sin().float()  # (P, D/2)
+        # Full width, sin signed for the rotated half: see `rotate`.
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (P, D)
+        self.register_buffer("sin", torch.cat((-sin, sin), dim=-1), persistent=False)  # (P, D)
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (T,) -> cos, sin (T, 1, D/2): looked up once per forward, used by every layer."""
+        """positions (T,) -> cos, signed sin (T, 1, D): looked up once per forward, used by every layer."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -113,10 +115,13 @@ class Rotary(nn.Module):
 
 
 def rotate(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x (T, H, D) rotated by cos/sin (T, 1, D/2); the two halves of D form the rotated pairs."""
+    """x (T, H, D) rotated by `Rotary.tables` (T, 1, D): the two halves of D form the rotated
+    pairs, (x1 cos - x2 sin, x2 cos + x1 sin), computed as x * [cos, cos] + [x2, x1] * [-sin, sin]
+    in four ops instead of eight; bit for bit the same (negating is exact, a + -b is a - b)."""
     cos, sin = tables
-    x1, x2 = x.float().chunk(2, dim=-1)  # (T, H, D/2) each
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)  # (T, H, D/2) each
+    out = xf * cos + torch.cat((x2, x1), dim=-1) * sin
     return out.to(x.dtype)
 
 

@@ -102,7 +102,8 @@ class Int8Linear(nn.Module):
             y = F.linear(xb, self.wide)
         else:
             y = torch.mm(xb.float(), self.wide).to(torch.bfloat16)
-        y = (y * self.scale).to(x.dtype)  # bf16 product, rounded once
+        # The bf16 product, rounded once, written straight in x's dtype (one pass, not two).
+        y = torch.mul(y, self.scale, out=torch.empty(y.shape, dtype=x.dtype, device=y.device))
         if self.bias is not None:
             y = y + self.bias
         return y if flat else y.reshape(*shape[:-1], self.out_features)

@@ -20,7 +20,7 @@ from tokenizers import pre_tokenizers
 
 from npc.engine.gguf_loader import unpermute_rotary
 from npc.engine.loader import ModelLoadError, load_model, resolve_device, resolve_dtype
-from npc.engine.model import DenseContext, ModelConfig, random_model
+from npc.engine.model import DenseContext, ModelConfig, Rotary, random_model, rotate
 
 SPECIALS = ["<|im_start|>", "<|im_end|>"]
 BYTES = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -117,6 +117,21 @@ def write_tiny_gguf(path, model, arch: str) -> torch.nn.Module:
 def logits_of(model, ids) -> torch.Tensor:
     with torch.inference_mode():
         return model.logits(model(torch.tensor(ids), torch.arange(len(ids)), DenseContext()))
+
+
+def test_rotate_is_the_rotary_formula_bit_for_bit():
+    """Rotary embeddings rotate the pairs (x_i, x_i+D/2) by each position's angles: the
+    engine's four-op form gives exactly the textbook (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    rotary = Rotary(64, 512, 10000.0)
+    torch.manual_seed(0)
+    x, pos = torch.randn(37, 12, 64), torch.randint(0, 512, (37,))
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
+    angles = pos.double()[:, None] * inv  # (T, D/2)
+    cos, sin = angles.cos().float().unsqueeze(1), angles.sin().float().unsqueeze(1)
+    x1, x2 = x.chunk(2, dim=-1)
+    want = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    assert torch.equal(rotate(x, rotary.tables(pos)), want)
+    assert torch.equal(rotary(x, pos), want)
 
 
 def test_unpermute_rotary_inverts_llama_cpp_permutation():
