@@ -5,7 +5,8 @@
 
 Each scenario starts a fresh shard (`python -m server`) as a subprocess pinned to one core,
 runs the bots (`clients.bots`) in this process pinned to another, samples the shard's CPU
-from /proc/PID/stat over the bots' steady window, and for spread and crowd repeats the run
+from /proc/PID/stat over the bots' steady window (the JSON rows also give `shard_sys_pct`, the
+kernel's part of it), and for spread and crowd repeats the run
 against `bench/naive_server.py` so the ratios come from the same machine in the same minute.
 Idle measures the shard's VmRSS per connected player beyond its warmed-up empty footprint.
 Prints a table, the targets met or missed, and a final JSON line. Loopback only.
@@ -85,9 +86,14 @@ def world_toml(plan: Plan, spawn_radius: float) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, from /proc/PID/stat."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_kb(pid: int) -> int:
@@ -162,11 +168,12 @@ def _wait_ready(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def run_swarm(settings: BotSettings, pid: int) -> tuple[dict, float | None]:
-    """Run the bots to completion; return their report and the server's CPU % in the steady window."""
-    marks: dict[str, tuple[float, float]] = {}
+    """Run the bots to completion; return their report and the server's CPU % in the steady
+    window (the report gains `server_sys_pct`, the kernel's part of it)."""
+    marks: dict[str, tuple[float, float, float]] = {}
 
     def on_phase(name: str, t: float) -> None:
-        marks[name] = (time.monotonic(), cpu_seconds(pid))
+        marks[name] = (time.monotonic(), *cpu_split(pid))
 
     try:
         import uvloop
@@ -174,10 +181,12 @@ def run_swarm(settings: BotSettings, pid: int) -> tuple[dict, float | None]:
     except ImportError:
         runner = asyncio.run
     report = runner(run_bots(settings, on_phase=on_phase))
-    cpu = None
+    cpu = report["server_sys_pct"] = None
     if "steady_start" in marks and "steady_end" in marks:
-        (t0, c0), (t1, c1) = marks["steady_start"], marks["steady_end"]
-        cpu = round(100.0 * (c1 - c0) / max(t1 - t0, 1e-9), 1)
+        (t0, u0, s0), (t1, u1, s1) = marks["steady_start"], marks["steady_end"]
+        span = max(t1 - t0, 1e-9)
+        cpu = round(100.0 * (u1 + s1 - u0 - s0) / span, 1)
+        report["server_sys_pct"] = round(100.0 * (s1 - s0) / span, 1)
     return report, cpu
 
 
@@ -253,7 +262,8 @@ def _row(scenario: str, server: str, r: dict, *, shard_cpu_pct) -> dict:
             "stale_p99_ms": r["staleness_ms"]["p99"], "missed": mu.get("missed"),
             "expected": mu.get("expected"), "completeness": cp.get("ratio"),
             "msgs_in_per_s": r["traffic"]["msgs_in_per_s"], "bytes_in_per_s": r["traffic"]["bytes_in_per_s"],
-            "shard_cpu_pct": shard_cpu_pct, "bots_cpu_pct": r["bots_cpu_pct"],
+            "shard_cpu_pct": shard_cpu_pct, "shard_sys_pct": r.get("server_sys_pct"),
+            "bots_cpu_pct": r["bots_cpu_pct"],
             "bots_lag_p99_ms": r["loop_lag_ms"]["p99"], "bots_bottleneck": r["bottleneck"]}
 
 
