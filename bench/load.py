@@ -167,9 +167,9 @@ def _wait_ready(proc: subprocess.Popen, timeout: float) -> str:
     raise RuntimeError("server did not print its ready line:\n" + "".join(seen[-20:]))
 
 
-def run_swarm(settings: BotSettings, pid: int) -> tuple[dict, float | None]:
-    """Run the bots to completion; return their report and the server's CPU % in the steady
-    window (the report gains `server_sys_pct`, the kernel's part of it)."""
+def run_swarm(settings: BotSettings, pid: int) -> tuple[dict, float | None, float | None]:
+    """Run the bots to completion; return their report, the server's CPU % in the steady
+    window, and the kernel's part of it (system CPU %)."""
     marks: dict[str, tuple[float, float, float]] = {}
 
     def on_phase(name: str, t: float) -> None:
@@ -181,13 +181,13 @@ def run_swarm(settings: BotSettings, pid: int) -> tuple[dict, float | None]:
     except ImportError:
         runner = asyncio.run
     report = runner(run_bots(settings, on_phase=on_phase))
-    cpu = report["server_sys_pct"] = None
+    cpu = sys_cpu = None
     if "steady_start" in marks and "steady_end" in marks:
         (t0, u0, s0), (t1, u1, s1) = marks["steady_start"], marks["steady_end"]
         span = max(t1 - t0, 1e-9)
         cpu = round(100.0 * (u1 + s1 - u0 - s0) / span, 1)
-        report["server_sys_pct"] = round(100.0 * (s1 - s0) / span, 1)
-    return report, cpu
+        sys_cpu = round(100.0 * (s1 - s0) / span, 1)
+    return report, cpu, sys_cpu
 
 
 def bot_settings(plan: Plan, url: str, bots: int, scenario: str, area) -> BotSettings:
@@ -213,8 +213,8 @@ def moving_run(plan: Plan, name: str, workdir: Path) -> list[dict]:
         _log(f"{name}: {bots} bots against the {kind} server")
         with server_process(kind, plan, workdir, spawn_radius=radius, max_players=bots + 100) as (pid, url):
             settings = replace(bot_settings(plan, url, bots, "move", area), observers=observers)
-            report, cpu = run_swarm(settings, pid)
-        rows.append(_row(name, kind, report, shard_cpu_pct=cpu))
+            report, cpu, sys_cpu = run_swarm(settings, pid)
+        rows.append(_row(name, kind, report, shard_cpu_pct=cpu, shard_sys_pct=sys_cpu))
     return rows
 
 
@@ -252,7 +252,7 @@ def idle_run(plan: Plan, workdir: Path) -> list[dict]:
     return [row]
 
 
-def _row(scenario: str, server: str, r: dict, *, shard_cpu_pct) -> dict:
+def _row(scenario: str, server: str, r: dict, *, shard_cpu_pct, shard_sys_pct=None) -> dict:
     """One result row: the headline numbers of a bots report plus the server's CPU."""
     mu, cp = r.get("missed_updates") or {}, r.get("completeness") or {}
     return {"scenario": scenario, "server": server, "bots": r["bots"], "report": r,
@@ -262,7 +262,7 @@ def _row(scenario: str, server: str, r: dict, *, shard_cpu_pct) -> dict:
             "stale_p99_ms": r["staleness_ms"]["p99"], "missed": mu.get("missed"),
             "expected": mu.get("expected"), "completeness": cp.get("ratio"),
             "msgs_in_per_s": r["traffic"]["msgs_in_per_s"], "bytes_in_per_s": r["traffic"]["bytes_in_per_s"],
-            "shard_cpu_pct": shard_cpu_pct, "shard_sys_pct": r.get("server_sys_pct"),
+            "shard_cpu_pct": shard_cpu_pct, "shard_sys_pct": shard_sys_pct,
             "bots_cpu_pct": r["bots_cpu_pct"],
             "bots_lag_p99_ms": r["loop_lag_ms"]["p99"], "bots_bottleneck": r["bottleneck"]}
 

@@ -59,9 +59,8 @@ def native_bf16() -> bool:
     but emulated it is the slowest choice: on an Ice Lake Xeon (AVX-512 without BF16) a 64-row
     bf16 GEMM of 1536x576 took 1.8 ms against 0.55 ms in fp32. So ask for the instructions.
     """
-    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
