@@ -27,7 +27,6 @@ from npc.engine.detok import Detokenizer
 from npc.engine.errors import Busy, EngineClosed, RequestTooLong
 from npc.engine.metrics import EngineMetrics
 from npc.engine.model import Transformer
-from npc.engine.quant import head_kernel_rows, kernel_rows
 from npc.engine.runner import Runner, blocks_in_budget
 from npc.engine.scheduler import Scheduler, SchedulerConfig
 from npc.engine.sequence import Priority, SamplingParams, Sequence, Status
@@ -69,11 +68,11 @@ class EngineSettings:
     # npc/engine/quant.py for the kernel choice and the parity bound against fp32).
     dtype: str = "auto"
     # With int8 weights: forward passes of up to this many tokens use the int8 kernel,
-    # larger ones a bf16 (or fp32) GEMM on the same integers. -1: the crossover measured
-    # for this kind of CPU (npc.engine.quant.kernel_rows: 4 with native bf16, else 6).
+    # larger ones a bf16 (or fp32) GEMM on the same integers. -1: measured for this CPU
+    # when the engine loads, per weight shape (npc/engine/crossover.py; 4 to 48 rows on the
+    # hosts measured so far, and a second or a few of start-up).
     int8_max_rows: int = -1
-    # The same for the output head (-1: npc.engine.quant.head_kernel_rows, 4 with native
-    # bf16, else 16).
+    # The same for the output head (-1: measured).
     int8_head_rows: int = -1
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     # Decodes sharing a cached prefix (one NPC's persona) read its K/V once per group. The
@@ -92,13 +91,9 @@ class EngineSettings:
             raise ValueError("kv_budget_mb must be > 0")
         if self.dtype not in ("auto", "int8") and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be auto, int8 or one of {sorted(_DTYPES)}")
-        if self.int8_max_rows == -1:
-            object.__setattr__(self, "int8_max_rows", kernel_rows())
-        if self.int8_max_rows < 0:
+        if self.int8_max_rows < -1:
             raise ValueError("int8_max_rows must be >= 0, or -1 for this CPU's crossover")
-        if self.int8_head_rows == -1:
-            object.__setattr__(self, "int8_head_rows", head_kernel_rows())
-        if self.int8_head_rows < 0:
+        if self.int8_head_rows < -1:
             raise ValueError("int8_head_rows must be >= 0, or -1 for this CPU's crossover")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
@@ -193,7 +188,8 @@ class EngineCore:
         int8_rows = settings.int8_max_rows if settings.int8_weights() else None
         self.runner = Runner(model, num_blocks=num_blocks, block_size=settings.block_size,
                              max_running=settings.max_running, row_len=max_len, device=device, dtype=dtype,
-                             int8_max_rows=int8_rows, int8_head_rows=settings.int8_head_rows)
+                             int8_max_rows=int8_rows, int8_head_rows=settings.int8_head_rows,
+                             max_pass_tokens=settings.token_budget)
         if settings.share_prefix_attention:
             self.runner.min_shared_prefix = max(32, 2 * settings.block_size)
         self.metrics = EngineMetrics()

@@ -11,9 +11,12 @@ integer weights first, the row scales after. Two kernels give that same value:
   (bf16 activations, int8 weights, unit scales): a GEMV at heart, reading 1 byte a weight;
 - more rows, a GEMM on the same integers held wider: bf16 (exact for -127..127) where the
   CPU multiplies bf16 natively (AVX512-BF16/AMX, about twice fp32's GEMM speed), else fp32,
-  held transposed (K, N) for `x @ w`: with torch 2.13's CPU build, `F.linear` (x @ w.T) took
-  3-5x longer for 4-48 rows on an Ice Lake Xeon (gate/up at 16 rows: 1.42 ms against
-  0.29 ms), the same from 64 rows on.
+  held transposed (K, N) for `x @ w` or as (N, K) for `F.linear`, whichever this CPU runs
+  faster (torch 2.13's CPU build: `F.linear` took 3-5x longer for 4-48 rows on an Ice Lake
+  Xeon, gate/up at 16 rows 1.42 ms against 0.29 ms; on an AVX2-only EPYC it was 15-40%
+  faster for gate/up and the head).
+The engine measures both choices, the layout and the row count where the int8 kernel
+stops winning, for each weight shape when it loads: see npc/engine/crossover.py.
 Both accumulate in fp32 and round once to bf16 before the scale, so they agree bit for bit
 on 99.99% of outputs (the rest one bf16 step apart; measured on 3072x576 weights from 1
 to 128 rows): a sequence's greedy tokens do not depend on which kernel its batch used.
@@ -30,25 +33,10 @@ from torch import nn
 
 from npc.engine.model import Transformer, fuse_projections
 
-# Steps of up to this many rows (tokens) use the int8 kernel; more use the wide GEMM.
-# Measured crossovers (the model's projections and its 49152-row head, 2 threads), see
-# kernel_rows() and head_kernel_rows().
-MAX_KERNEL_ROWS = 8  # Int8Linear's default when built by hand
-
-
-def kernel_rows() -> int:
-    """The projections' measured crossover for this CPU: 4 rows against the bf16 GEMM
-    (AVX512-BF16 on an EPYC: the kernel works in blocks of 4 rows, and a fifth row costs as
-    much as four), 6 against the transposed fp32 GEMM (Ice Lake Xeon, AVX-512 without BF16:
-    the model's projections take 20.8 ms a step at 6 rows either way, 11.5 int8 / 18.5 fp32
-    at 4 rows, 23.5 / 22.5 at 8)."""
-    return 4 if native_bf16() else 6
-
-
-def head_kernel_rows() -> int:
-    """The same for the 49152-row output head, where reading the weights dominates longer:
-    4 against bf16, 16 against fp32 (Ice Lake: 6.7 / 10.4 ms at 8 rows, 11.4 / 11.0 at 16)."""
-    return 4 if native_bf16() else 16
+# Steps of up to this many rows (tokens) use the int8 kernel; more use the wide GEMM. The
+# engine measures each shape's crossover for its CPU (npc/engine/crossover.py); this is the
+# default of a layer built by hand.
+MAX_KERNEL_ROWS = 8
 
 
 def native_bf16() -> bool:
@@ -84,7 +72,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
         self.register_buffer("unit", torch.ones_like(scale))  # the int8 kernel's scales: 1
-        # bf16 (N, K) for F.linear; fp32 transposed, (K, N), for x @ wide (see the module doc).
+        # bf16 (N, K) for F.linear; fp32 transposed, (K, N), for x @ wide, unless set_layout
+        # chose (N, K) for this CPU (see the module doc and npc/engine/crossover.py).
+        self.layout = "nk" if self.wide_bf16 else "kn"
         self.register_buffer("wide", q.to(torch.bfloat16) if self.wide_bf16
                              else q.to(torch.float32).t().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
@@ -95,17 +85,35 @@ class Int8Linear(nn.Module):
         shape = x.shape  # (..., K)
         flat = x.dim() == 2
         xb = (x if flat else x.reshape(-1, shape[-1])).to(torch.bfloat16)  # (M, K)
-        if xb.shape[0] <= self.max_kernel_rows:
-            y = torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.unit)  # (M, N) bf16
-        elif self.wide_bf16:
-            y = F.linear(xb, self.wide)
-        else:
-            y = torch.mm(xb.float(), self.wide).to(torch.bfloat16)
+        y = self.int8_mm(xb) if xb.shape[0] <= self.max_kernel_rows else self.wide_mm(xb)
         # The bf16 product, rounded once, written straight in x's dtype (one pass, not two).
         y = torch.mul(y, self.scale, out=torch.empty(y.shape, dtype=x.dtype, device=y.device))
         if self.bias is not None:
             y = y + self.bias
         return y if flat else y.reshape(*shape[:-1], self.out_features)
+
+
+    def int8_mm(self, xb: torch.Tensor) -> torch.Tensor:
+        """bf16(xb @ q.T) through the int8 kernel: xb (M, K) bf16 -> (M, N) bf16."""
+        return torch.ops.aten._weight_int8pack_mm(xb, self.qweight, self.unit)
+
+    def wide_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """The same product through the wide GEMM: x (M, K) bf16-valued -> (M, N) bf16."""
+        if self.wide_bf16:
+            return F.linear(x.to(torch.bfloat16), self.wide)
+        if self.layout == "kn":
+            return torch.mm(x.float(), self.wide).to(torch.bfloat16)
+        return F.linear(x.float(), self.wide).to(torch.bfloat16)
+
+    def set_layout(self, layout: str) -> None:
+        """Hold the fp32 wide weights as (K, N) ("kn", for x @ w) or (N, K) ("nk", for
+        F.linear); the same values either way. The bf16 wide weights stay (N, K)."""
+        if layout not in ("kn", "nk"):
+            raise ValueError("layout must be 'kn' or 'nk'")
+        if self.wide_bf16 or layout == self.layout:
+            return
+        self.wide = self.wide.t().contiguous()
+        self.layout = layout
 
 
 def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS,

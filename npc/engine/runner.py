@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from npc.engine.model import Transformer, fuse_projections
+from npc.engine import crossover
 from npc.engine.quant import quantize_int8
 from npc.engine.sampling import Sampler
 from npc.engine.scheduler import Work
@@ -192,10 +193,12 @@ class Runner:
 
     def __init__(self, model: Transformer, *, num_blocks: int, block_size: int, max_running: int,
                  row_len: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 int8_max_rows: int | None = None, int8_head_rows: int | None = None) -> None:
+                 int8_max_rows: int | None = None, int8_head_rows: int | None = None,
+                 max_pass_tokens: int = crossover.ROWS[-1]) -> None:
         """`int8_max_rows` not None: run a weight-only int8 copy of the model (fp32 on the CPU
         only), with the int8 kernel for passes of up to that many tokens (the output head:
-        up to `int8_head_rows`, default the same)."""
+        up to `int8_head_rows`, default the same); -1 for either: measured on this CPU for
+        passes of up to `max_pass_tokens` (npc/engine/crossover.py)."""
         if min(num_blocks, block_size, max_running, row_len) < 1:
             raise ValueError("num_blocks, block_size, max_running and row_len must be >= 1")
         self.device = torch.device(device)
@@ -205,8 +208,11 @@ class Runner:
         if int8_max_rows is None:
             self.model = fuse_projections(model).eval()
         else:
-            self.model = quantize_int8(model, max_kernel_rows=int8_max_rows,
-                                       head_kernel_rows=int8_head_rows).eval()
+            head_rows = int8_max_rows if int8_head_rows is None else int8_head_rows
+            self.model = quantize_int8(model, max_kernel_rows=max(int8_max_rows, 0),
+                                       head_kernel_rows=max(head_rows, 0)).eval()
+            crossover.tune_model(self.model, projections=int8_max_rows == -1,
+                                 head=head_rows == -1, max_rows=max_pass_tokens)
         cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks

@@ -7,9 +7,10 @@ import time
 import pytest
 import torch
 
-from npc.engine.engine import Engine, EngineSettings, Result
+from npc.engine import crossover
+from npc.engine.engine import Engine, EngineCore, EngineSettings, Result
 from npc.engine.errors import Busy, EngineClosed
-from npc.engine.quant import head_kernel_rows, kernel_rows, native_bf16
+from npc.engine.quant import Int8Linear
 from npc.engine.sequence import Priority, SamplingParams
 from npc.engine.tiny import tiny_model, tiny_tokenizer
 
@@ -205,12 +206,21 @@ def test_settings_validate_and_derive_the_token_budget() -> None:
             EngineSettings(**bad)  # type: ignore[arg-type]
 
 
-def test_int8_kernel_rows_default_to_this_cpus_crossover() -> None:
-    """-1 (the default) resolves to the crossover measured for this CPU's wide GEMM."""
-    assert EngineSettings().int8_max_rows == (4 if native_bf16() else 6) == kernel_rows()
-    assert EngineSettings().int8_head_rows == (4 if native_bf16() else 16) == head_kernel_rows()
-    assert EngineSettings(int8_max_rows=8).int8_max_rows == 8
-    assert EngineSettings(int8_head_rows=8).int8_head_rows == 8
+def test_int8_kernel_rows_default_to_measuring_and_explicit_rows_are_kept(caplog) -> None:
+    """-1 (the default) means measured when the engine loads: the running model's int8
+    layers carry the measured limits and the log says what was chosen; explicit rows stay."""
+    assert EngineSettings().int8_max_rows == EngineSettings().int8_head_rows == -1
+    assert EngineSettings(int8_max_rows=8, int8_head_rows=3).int8_head_rows == 3
+    with caplog.at_level("INFO", logger="npc.engine.crossover"):
+        core = EngineCore(tiny_model(), tiny_tokenizer(), EngineSettings(dtype="int8", kv_budget_mb=4))
+    assert "int8 kernel crossovers measured" in caplog.text
+    limits = {m.max_kernel_rows for m in core.runner.model.modules() if isinstance(m, Int8Linear)}
+    assert limits <= {0, *crossover.ROWS}
+    fixed = EngineCore(tiny_model(), tiny_tokenizer(),
+                       EngineSettings(dtype="int8", kv_budget_mb=4, int8_max_rows=5, int8_head_rows=3))
+    assert fixed.runner.model.head_int8.max_kernel_rows == 3
+    assert {m.max_kernel_rows for m in fixed.runner.model.modules()
+            if isinstance(m, Int8Linear) and m is not fixed.runner.model.head_int8} == {5}
 
 
 def test_dtype_auto_is_int8_weights_on_cpu_and_int8_is_cpu_only() -> None:

@@ -117,13 +117,27 @@ def test_native_bf16_means_the_instructions_not_onednns_emulation():
     assert native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def test_the_fp32_wide_gemm_holds_its_weights_transposed():
-    """Without native bf16 the wide weights are (K, N) fp32, so the GEMM is x @ w (much
-    faster for few rows than F.linear's x @ w.T on the CPUs measured), with the same values."""
+def test_the_fp32_wide_gemm_holds_its_weights_in_either_layout_with_the_same_values():
+    """Without native bf16 the wide weights start as (K, N) fp32 for x @ w; set_layout("nk")
+    holds them (N, K) for F.linear (faster on some CPUs). Same integers, and the same
+    bf16-rounded products on 99%+ of outputs (the rest one bf16 step apart)."""
+    torch.manual_seed(1)
     w = torch.randn(48, 32) * 0.05
     lin = Int8Linear(w, None, max_kernel_rows=0, wide_bf16=False)
+    assert lin.layout == "kn"
     assert lin.wide.shape == (32, 48) and lin.wide.is_contiguous() and lin.wide.dtype == torch.float32
     assert torch.equal(lin.wide, lin.qweight.float().t())
+    x = torch.randn(16, 32)
+    with torch.inference_mode():
+        kn = lin(x)
+        lin.set_layout("nk")
+        assert lin.layout == "nk" and lin.wide.shape == (48, 32) and lin.wide.is_contiguous()
+        assert torch.equal(lin.wide, lin.qweight.float())
+        nk = lin(x)
+    assert (kn == nk).float().mean().item() >= 0.99
+    assert ((kn - nk).abs() <= kn.abs() * 2.0 ** -7 + 1e-12).all()
+    with pytest.raises(ValueError):
+        lin.set_layout("t")
 
 
 def test_fused_projections_give_the_same_logits_and_leave_the_model_alone():

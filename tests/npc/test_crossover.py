@@ -1,0 +1,66 @@
+"""The int8 kernel's crossover, measured at load (npc.engine.crossover): the choice rule,
+and tuning a model leaves its outputs as they were."""
+from __future__ import annotations
+
+import torch
+
+from npc.engine import crossover
+from npc.engine.model import DenseContext
+from npc.engine.quant import Int8Linear, quantize_int8
+from npc.engine.tiny import tiny_model
+
+
+def test_crossover_is_the_last_row_count_before_the_int8_kernel_first_loses():
+    rows = (1, 2, 4, 8, 16)
+    assert crossover.crossover(rows, [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]) == 16
+    assert crossover.crossover(rows, [1, 1, 3, 1, 1], [2, 2, 2, 2, 2]) == 2  # no skipping a loss
+    assert crossover.crossover(rows, [3, 1], [2, 2]) == 0
+    assert crossover.crossover(rows, [2, 2, 5], [2, 2, 4]) == 2  # a tie keeps the int8 kernel
+    assert crossover.crossover(rows, [], []) == 0
+
+
+def test_measure_stops_at_the_first_loss_and_reports_what_it_timed():
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.randn(64, 32), None, max_kernel_rows=0, wide_bf16=False)
+    limit, int8_ms, wide_ms = crossover.measure([layer], crossover.Timer(rounds=1, flush_bytes=1 << 20), rows=(1, 2, 4))
+    assert len(int8_ms) == len(wide_ms) >= 1 and all(t > 0 for t in int8_ms + wide_ms)
+    assert limit == crossover.crossover((1, 2, 4), int8_ms, wide_ms)
+    lost = [a > b for a, b in zip(int8_ms, wide_ms)]
+    assert lost.count(True) <= 1 and (not any(lost) or lost[-1])  # nothing timed past a loss
+    assert layer.max_kernel_rows == 0  # measuring sets nothing
+
+
+def test_tune_sets_every_layer_of_a_shape_alike_and_keeps_the_logits():
+    """Every int8 layer of one shape gets the same limit and layout; the head is measured
+    as its own shape; max_rows caps the row counts tried; the logits stay the same up to
+    the kernels' shared rounding."""
+    model = quantize_int8(tiny_model(seed=3), max_kernel_rows=0, head_kernel_rows=0)
+    ids = torch.arange(40) % model.cfg.vocab_size
+    pos = torch.arange(40)
+    with torch.inference_mode():
+        before = model.logits(model(ids, pos, DenseContext()))
+    found = crossover.tune_model(model, max_rows=16)
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    shapes = {(m.out_features, m.in_features) for m in layers}
+    assert {c.shape for c in found} == shapes
+    assert sum(c.layers for c in found) == len(layers)
+    for c in found:
+        group = [m for m in layers if (m.out_features, m.in_features) == c.shape]
+        assert {(m.max_kernel_rows, m.layout) for m in group} == {(c.max_kernel_rows, c.layout)}
+        assert c.max_kernel_rows <= 16 and c.layout in ("kn", "nk")
+        assert all(w.shape == ((m.out_features, m.in_features) if c.layout == "nk"
+                               else (m.in_features, m.out_features)) for m in group for w in [m.wide])
+    with torch.inference_mode():
+        after = model.logits(model(ids, pos, DenseContext()))
+    assert (before.argmax(-1) == after.argmax(-1)).all()
+    assert (before - after).abs().max().item() < 0.05
+
+
+def test_tune_model_can_leave_the_projections_or_the_head_alone():
+    model = quantize_int8(tiny_model(seed=4), max_kernel_rows=5, head_kernel_rows=7)
+    found = crossover.tune_model(model, projections=False, head=True, max_rows=4)
+    assert [c.layers for c in found] == [1]
+    assert all(m.max_kernel_rows == 5 for m in model.modules()
+               if isinstance(m, Int8Linear) and m is not model.head_int8)
+    assert model.head_int8.max_kernel_rows in (0, 1, 2, 4)
+    assert crossover.tune_model(model, projections=False, head=False) == []
