@@ -128,16 +128,20 @@ def measure(layers: Sequence[Int8Linear], timer: Timer, rows: Sequence[int] = RO
     return crossover(rows, int8_ms, wide_ms), tuple(int8_ms), tuple(wide_ms)
 
 
-def tune(layers: Sequence[Int8Linear], *, max_rows: int = ROWS[-1], rounds: int = ROUNDS
-         ) -> list[Crossover]:
+def tune(layers: Sequence[Int8Linear], *, max_rows: int = ROWS[-1], rounds: int = ROUNDS,
+         flush_bytes: int | None = None) -> list[Crossover]:
     """Measure each distinct shape among `layers` once (over up to SAMPLE_LAYERS of them)
     and set every layer of that shape: the wide layout, then the int8 kernel's row limit.
-    Row counts above `max_rows` (the largest pass the engine makes) are not tried."""
+    Row counts above `max_rows` (the largest pass the engine makes) are not tried. Caches
+    are flushed with `flush_bytes` (default: what a pass reads of `layers`' weights, at
+    most FLUSH_BYTES: a small model's weights stay in cache in real passes too)."""
+    if flush_bytes is None:
+        flush_bytes = min(FLUSH_BYTES, sum(layer.qweight.nbytes for layer in layers))
     rows = tuple(m for m in ROWS if m <= max_rows) or (1,)
     groups: dict[tuple[int, int], list[Int8Linear]] = {}
     for layer in layers:
         groups.setdefault((layer.out_features, layer.in_features), []).append(layer)
-    timer = Timer(rounds)
+    timer = Timer(rounds, flush_bytes)
     found = []
     with torch.inference_mode():
         for shape, group in groups.items():
@@ -161,7 +165,8 @@ def tune_model(model: torch.nn.Module, *, projections: bool = True, head: bool =
     if not layers:
         return []
     t = time.perf_counter()
-    found = tune(layers, max_rows=max_rows)
+    flush = min(FLUSH_BYTES, sum(m.qweight.nbytes for m in model.modules() if isinstance(m, Int8Linear)))
+    found = tune(layers, max_rows=max_rows, flush_bytes=flush)
     log.info("int8 kernel crossovers measured in %.1f s: %s", time.perf_counter() - t,
              "; ".join(c.describe() for c in found))
     return found

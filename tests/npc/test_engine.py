@@ -18,7 +18,9 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
 
 def settings(**overrides: object) -> EngineSettings:
-    base = dict(threads=1, kv_budget_mb=2, block_size=8, token_budget=64, max_running=4, max_waiting=4)
+    # Fixed int8 crossovers: batched and lone outputs are compared token for token here.
+    base = dict(threads=1, kv_budget_mb=2, block_size=8, token_budget=64, max_running=4, max_waiting=4,
+                int8_max_rows=6, int8_head_rows=16)
     base.update(overrides)
     return EngineSettings(**base)  # type: ignore[arg-type]
 
