@@ -14,8 +14,9 @@ more than on the model. Measured on the kinds of 2-core host this project has ru
 
 No rule on CPU flags predicts all of that, so the engine measures it: for each distinct
 weight shape, a few layers time both kernels at growing M until the int8 kernel loses, and
-every layer of that shape takes the answer. For an fp32 GEMM the faster weight layout is
-measured first. Each timed call starts with cold caches, as in a forward pass (see Timer).
+every layer of that shape takes the answer (the head only up to `max_running` rows: it
+sees one row a sampling sequence). For an fp32 GEMM the faster weight layout is measured
+first. Each timed call starts with cold caches, as in a forward pass (see Timer).
 This costs one to a few seconds at load (a slow CPU that keeps the int8
 kernel longest pays the most) and changes no output beyond the kernels' rounding, which is
 the same either way (see quant.py).
@@ -23,6 +24,7 @@ the same either way (see quant.py).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,9 @@ log = logging.getLogger(__name__)
 # Row counts tried, in order; a step never holds more than the engine's token budget.
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
 # Row counts at which the two fp32 layouts are compared (where the wide GEMM runs).
-LAYOUT_ROWS = (64,)
+# Few rows matter as much as many: on Ice Lake `x @ w` won 3-5x from 4 to 48 rows and tied
+# from 64 on, so the choice is by the product of the ratios, not by the summed times.
+LAYOUT_ROWS = (8, 32, 128)
 ROUNDS = 2  # each time is the best of this many
 SAMPLE_LAYERS = 2  # layers of one shape timed together
 FLUSH_BYTES = 64 << 20  # read before each timed call, to start it with cold caches
@@ -69,6 +73,12 @@ def crossover(rows: Sequence[int], int8_ms: Sequence[float], wide_ms: Sequence[f
     return best
 
 
+def layout_choice(kn_ms: Sequence[float], nk_ms: Sequence[float]) -> str:
+    """"nk" where its times over "kn"'s, multiplied over the row counts tried, are below 1;
+    else "kn" (a tie keeps the layout a layer starts with)."""
+    return "nk" if math.prod(b / a for a, b in zip(kn_ms, nk_ms)) < 1 else "kn"
+
+
 class Timer:
     """Times kernels as a forward pass meets them: with cold caches. In a pass every layer's
     weights were last read a whole pass ago, so they come from memory; a layer timed over
@@ -98,16 +108,17 @@ def _activations(m: int, layer: Int8Linear) -> torch.Tensor:
 
 
 def pick_layout(layers: Sequence[Int8Linear], timer: Timer, rows: Iterable[int] = LAYOUT_ROWS) -> str:
-    """Set (and return) the faster of the two fp32 wide layouts for `layers` (one shape)."""
+    """Set (and return) the faster of the two fp32 wide layouts for `layers` (one shape):
+    "kn" unless "nk" wins on the product of the time ratios over `rows`."""
     if layers[0].wide_bf16:
         return layers[0].layout
-    total: dict[str, float] = {}
+    xs = [_activations(m, layers[0]) for m in rows]
+    times: dict[str, list[float]] = {}
     for layout in ("kn", "nk"):
         for layer in layers:
             layer.set_layout(layout)
-        total[layout] = sum(timer.best_ms(lambda: [layer.wide_mm(x) for layer in layers])
-                            for x in (_activations(m, layers[0]) for m in rows))
-    chosen = min(total, key=total.get)
+        times[layout] = [timer.best_ms(lambda: [layer.wide_mm(x) for layer in layers]) for x in xs]
+    chosen = layout_choice(times["kn"], times["nk"])
     for layer in layers:
         layer.set_layout(chosen)
     return chosen
@@ -146,7 +157,7 @@ def tune(layers: Sequence[Int8Linear], *, max_rows: int = ROWS[-1], rounds: int 
     with torch.inference_mode():
         for shape, group in groups.items():
             sample = group[:SAMPLE_LAYERS]
-            layout = pick_layout(sample, timer)
+            layout = pick_layout(sample, timer, tuple(m for m in LAYOUT_ROWS if m <= max_rows) or (1,))
             limit, int8_ms, wide_ms = measure(sample, timer, rows)
             for layer in group:
                 layer.set_layout(layout)
@@ -156,17 +167,22 @@ def tune(layers: Sequence[Int8Linear], *, max_rows: int = ROWS[-1], rounds: int 
 
 
 def tune_model(model: torch.nn.Module, *, projections: bool = True, head: bool = True,
-               max_rows: int = ROWS[-1]) -> list[Crossover]:
-    """`tune` the int8 projections and/or output head of a `quantize_int8` model, logging
-    what it chose and how long measuring took."""
+               max_rows: int = ROWS[-1], head_rows: int | None = None) -> list[Crossover]:
+    """`tune` the int8 projections (passes of up to `max_rows` tokens) and/or the output
+    head (up to `head_rows` rows, default `max_rows`: the head only sees the rows that
+    sample, one a sequence) of a `quantize_int8` model, logging what it chose and how
+    long measuring took."""
     head_layer = getattr(model, "head_int8", None)
-    layers = [m for m in model.modules() if isinstance(m, Int8Linear)
-              and (head if m is head_layer else projections)]
-    if not layers:
+    every = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    jobs = [(layers, rows) for layers, rows in
+            (([m for m in every if m is not head_layer] if projections else [], max_rows),
+             ([head_layer] if head and head_layer is not None else [],
+              max_rows if head_rows is None else head_rows)) if layers]
+    if not jobs:
         return []
     t = time.perf_counter()
-    flush = min(FLUSH_BYTES, sum(m.qweight.nbytes for m in model.modules() if isinstance(m, Int8Linear)))
-    found = tune(layers, max_rows=max_rows, flush_bytes=flush)
+    flush = min(FLUSH_BYTES, sum(m.qweight.nbytes for m in every))
+    found = [c for layers, rows in jobs for c in tune(layers, max_rows=rows, flush_bytes=flush)]
     log.info("int8 kernel crossovers measured in %.1f s: %s", time.perf_counter() - t,
              "; ".join(c.describe() for c in found))
     return found

@@ -211,8 +211,9 @@ class Runner:
             head_rows = int8_max_rows if int8_head_rows is None else int8_head_rows
             self.model = quantize_int8(model, max_kernel_rows=max(int8_max_rows, 0),
                                        head_kernel_rows=max(head_rows, 0)).eval()
-            crossover.tune_model(self.model, projections=int8_max_rows == -1,
-                                 head=head_rows == -1, max_rows=max_pass_tokens)
+            # The head sees one row a sampling sequence: at most max_running of them.
+            crossover.tune_model(self.model, projections=int8_max_rows == -1, head=head_rows == -1,
+                                 max_rows=max_pass_tokens, head_rows=min(max_running, max_pass_tokens))
         cfg = model.cfg
         self.block_size = block_size
         self.num_blocks = num_blocks

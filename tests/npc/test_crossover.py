@@ -19,6 +19,14 @@ def test_crossover_is_the_last_row_count_before_the_int8_kernel_first_loses():
     assert crossover.crossover(rows, [], []) == 0
 
 
+def test_layout_is_chosen_by_the_ratios_so_few_rows_count_as_much_as_many():
+    # Ice Lake's shape: x @ w (kn) 4x faster at 8 and 32 rows, a little slower at 128.
+    assert crossover.layout_choice([0.3, 0.6, 5.0], [1.2, 2.4, 4.8]) == "kn"
+    # The AVX2 EPYC's gate/up: F.linear (nk) faster everywhere.
+    assert crossover.layout_choice([1.7, 3.8, 5.7], [0.8, 2.8, 4.9]) == "nk"
+    assert crossover.layout_choice([1.0], [1.0]) == "kn"
+
+
 def test_measure_stops_at_the_first_loss_and_reports_what_it_timed():
     torch.manual_seed(0)
     layer = Int8Linear(torch.randn(64, 32), None, max_kernel_rows=0, wide_bf16=False)
@@ -64,3 +72,6 @@ def test_tune_model_can_leave_the_projections_or_the_head_alone():
                if isinstance(m, Int8Linear) and m is not model.head_int8)
     assert model.head_int8.max_kernel_rows in (0, 1, 2, 4)
     assert crossover.tune_model(model, projections=False, head=False) == []
+    # The head's rows have their own cap (one a sampling sequence).
+    [head] = crossover.tune_model(model, projections=False, max_rows=64, head_rows=2)
+    assert head.max_kernel_rows in (0, 1, 2) and len(head.int8_ms) <= 2
