@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import time
@@ -279,6 +280,7 @@ def model_steps(path: Path, rounds: int = 4) -> dict:
     """Wall ms per decode step (batch 1 and 32, 300-token context) for fp32, bf16 and
     weight-only int8, best of interleaved rounds; plus each one's logits against fp32."""
     from npc.engine.model import DenseContext, fuse_projections
+    from npc.engine import crossover
     from npc.engine.quant import quantize_int8
 
     # Each variant loaded on its own (copies of one model timed erratically here), with
@@ -287,6 +289,8 @@ def model_steps(path: Path, rounds: int = 4) -> dict:
     variants = {"fp32": fuse_projections(fp32),
                 "bf16": fuse_projections(load_model(path, device="cpu", dtype=torch.bfloat16)[0]),
                 "int8": quantize_int8(load_model(path, device="cpu", dtype=torch.float32)[0])}
+    # The int8 kernels' crossovers as the engine measures them on this CPU.
+    crossover.tune_model(variants["int8"], head_rows=32)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # activations and KV
     best: dict[str, float] = {}
     with torch.inference_mode():
@@ -324,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-steps", action="store_true",
                     help="only time the model's decode step in fp32, bf16 and int8 (batch 1 and 32)")
     args = ap.parse_args(argv)
+    # The engine's load-time choices (its int8 crossovers) go to stderr with the progress.
+    crossover_log = logging.getLogger("npc.engine.crossover")
+    crossover_log.setLevel(logging.INFO)
+    crossover_log.addHandler(logging.StreamHandler(sys.stderr))
     args.n, args.spread, args.background, args.probes = (8, 0.4, 4, 3) if args.quick else (32, 1.5, 16, 8)
     static_batch, seq_requests = (8, 1) if args.quick else (32, 3)
     if args.threads:
