@@ -47,6 +47,7 @@ class ProcessSettings:
     model: str | None = None        # as --npc-model: None the default model, "tiny" the test model
     device: str = "auto"
     dtype: str = "auto"
+    int8_rows: int = -1             # --int8-rows: -1 measured at load
     max_running: int = 16
     max_waiting: int = 16
     max_model_len: int = 1536
@@ -59,6 +60,8 @@ class ProcessSettings:
     stop_grace_s: float = 3.0       # at close, how long the child may take to exit on SIGTERM before SIGKILL
 
     def __post_init__(self) -> None:
+        if self.int8_rows < -1:
+            raise ValueError("process engine: int8_rows must be >= 0, or -1 to measure it")
         if self.max_running < 1 or self.max_waiting < 0 or self.max_model_len < 16 or self.threads < 0:
             raise ValueError("process engine: max_running >= 1, max_waiting >= 0, max_model_len >= 16, threads >= 0")
         for name in ("restart_delay_s", "restart_max_s", "cancel_grace_s", "deadline_grace_s", "stop_grace_s"):
@@ -70,7 +73,7 @@ class ProcessSettings:
         cmd = [sys.executable, "-m", "npc.worker", "--ready-line", "--parent-pid", str(os.getpid()),
                "--device", self.device, "--dtype", self.dtype, "--max-running", str(self.max_running),
                "--max-waiting", str(self.max_waiting), "--max-model-len", str(self.max_model_len),
-               "--threads", str(self.threads)]
+               "--threads", str(self.threads), "--int8-rows", str(self.int8_rows)]
         if self.prefill_tokens is not None:
             cmd += ["--prefill-with-decodes", str(self.prefill_tokens)]
         return cmd + (["--model", self.model] if self.model else [])

@@ -37,6 +37,7 @@ class NpcSettings:
     model: str | None = None          # GGUF file or HF directory; None: the default model; "tiny": test model
     device: str = "auto"
     dtype: str = "auto"
+    int8_rows: int = -1               # EngineSettings.int8_max_rows and int8_head_rows (-1: measured)
     max_running: int = 16             # answers decoding together
     max_waiting: int = 16             # queued beyond that; more get `busy`
     context_tokens: int = 1536        # whole prompt plus answer
@@ -97,7 +98,8 @@ def load_engine(settings: NpcSettings):
     es = EngineSettings(max_running=settings.max_running, max_waiting=settings.max_waiting,
                         max_model_len=settings.context_tokens, device=settings.device,
                         dtype=settings.dtype, threads=settings.threads,
-                        prefill_with_decodes=settings.prefill_tokens)
+                        prefill_with_decodes=settings.prefill_tokens,
+                        int8_max_rows=settings.int8_rows, int8_head_rows=settings.int8_rows)
     if settings.model == "tiny":
         from npc.engine.tiny import tiny_model, tiny_tokenizer
 

@@ -99,7 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="GGUF file or HF directory; 'tiny' for the test model; "
                                                   "default: the bundled default model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--dtype", default="auto", help="auto | int8 | float32 | bfloat16 | float16 (auto: int8 "
+                   "weights on a CPU, bfloat16 on CUDA)")
+    p.add_argument("--int8-rows", type=int, default=-1,
+                   help="with int8 weights: passes of up to this many tokens take the int8 kernel, "
+                        "larger ones a GEMM on the same integers (-1: measured on this CPU at load)")
     p.add_argument("--max-running", type=int, default=32)
     p.add_argument("--max-waiting", type=int, default=64)
     p.add_argument("--kv-budget-mb", type=float, default=512.0)
@@ -132,7 +136,8 @@ def build_engine(args: argparse.Namespace):
     settings = EngineSettings(max_running=args.max_running, max_waiting=args.max_waiting,
                               kv_budget_mb=args.kv_budget_mb, max_model_len=args.max_model_len,
                               token_budget=args.token_budget, share_prefix_attention=args.share_prefix_attention,
-                              device=args.device, dtype=args.dtype, threads=args.threads)
+                              device=args.device, dtype=args.dtype, threads=args.threads,
+                              int8_max_rows=args.int8_rows, int8_head_rows=args.int8_rows)
     if args.max_prefills_per_step is not None:
         settings = dataclasses.replace(settings, max_prefills_per_step=args.max_prefills_per_step)
     if args.prefill_with_decodes is not None:

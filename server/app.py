@@ -49,7 +49,7 @@ def _npc_hook(settings: Settings) -> NpcHook:
         from npc.remote import load_tokenizer
 
         engine = ProcessEngine(ProcessSettings(
-            model=model, device=settings.npc_device, dtype=settings.npc_dtype,
+            model=model, device=settings.npc_device, dtype=settings.npc_dtype, int8_rows=settings.npc_int8_rows,
             max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
             max_model_len=settings.npc_context_tokens, prefill_tokens=settings.npc_prefill_tokens,
             threads=npc_engine_threads(settings.npc_threads, "process")), tokenizer=load_tokenizer(model))
@@ -59,7 +59,7 @@ def _npc_hook(settings: Settings) -> NpcHook:
         # would stall every connected player (docs/benchmarks.md, "The 250 ms tail").
         import npc.engine.engine  # noqa: F401
     return NpcService(engine=engine, owns_engine=True, settings=NpcSettings(
-        model=model, device=settings.npc_device, dtype=settings.npc_dtype,
+        model=model, device=settings.npc_device, dtype=settings.npc_dtype, int8_rows=settings.npc_int8_rows,
         max_running=settings.npc_max_running, max_waiting=settings.npc_max_waiting,
         context_tokens=settings.npc_context_tokens, memory_tokens=settings.npc_memory_tokens,
         answer_timeout_s=settings.npc_answer_timeout_s, threads=settings.npc_threads,

@@ -80,6 +80,9 @@ class Settings:
     npc_device: str = _opt("auto", "device for the NPC engine: auto, cpu, cuda or cuda:N")
     npc_dtype: str = _opt("auto", "NPC engine dtype: auto (int8 weights on CPU, bfloat16 on CUDA), int8, "
                                   "float32, bfloat16, float16")
+    npc_int8_rows: int = _opt(-1, "with int8 weights: forward passes of up to this many tokens take the "
+                                  "int8 kernel, larger ones a GEMM on the same integers (-1: measured on "
+                                  "this CPU when the engine loads, a few seconds; see docs/npcs.md)")
     npc_max_running: int = _opt(16, "NPC answers decoding together")
     npc_max_waiting: int = _opt(16, "NPC answers queued beyond those; more get npc_end busy at once")
     npc_context_tokens: int = _opt(1536, "token budget of an NPC prompt plus its answer")
@@ -141,6 +144,8 @@ class Settings:
                 raise ValueError(f"admin {name!r} is not a valid player name")
         if self.npc_workers not in ("inprocess", "process", "remote"):
             raise ValueError(f"npc_workers must be inprocess, process or remote, got {self.npc_workers!r}")
+        if self.npc_int8_rows < -1:
+            raise ValueError(f"npc_int8_rows must be >= 0, or -1 to measure it, got {self.npc_int8_rows}")
         if self.npc_workers == "remote" and not self.mqtt:
             raise ValueError("npc_workers remote needs --mqtt (the broker the NPC workers listen on)")
         if self.mqtt:  # scale-out: server.cluster parses and checks these

@@ -143,3 +143,34 @@ def test_the_shards_prefill_bound_reaches_both_engines(tmp_path) -> None:
     cmd = child.engine.settings.command()
     assert cmd[cmd.index("--prefill-with-decodes") + 1] == "20"
     assert "--prefill-with-decodes" not in ProcessSettings(model="tiny").command()
+
+
+def test_the_shards_int8_rows_reach_both_engines_and_the_worker(tmp_path) -> None:
+    """--npc-int8-rows pins the int8 kernel's crossover (default -1: measured at load) in the
+    in-process engine, on the child's command line and in `python -m npc.worker`."""
+    import pytest
+
+    from npc.engine.quant import Int8Linear
+    from npc.service import load_engine
+    from npc.worker import _parser, build_engine
+    from server.app import _npc_hook
+    from server.settings import Settings
+
+    def limits(engine) -> set[int]:
+        try:
+            return {m.max_kernel_rows for m in engine.core.runner.model.modules() if isinstance(m, Int8Linear)}
+        finally:
+            engine.close()
+
+    inproc = _npc_hook(shard_settings(tmp_path, npc_model="tiny", npc_int8_rows=7))
+    assert limits(load_engine(inproc.settings)) == {7}
+    child = _npc_hook(shard_settings(tmp_path, npc_model="tiny", npc_workers="process", npc_int8_rows=7))
+    cmd = child.engine.settings.command()
+    assert cmd[cmd.index("--int8-rows") + 1] == "7"
+    default = ProcessSettings(model="tiny").command()
+    assert default[default.index("--int8-rows") + 1] == "-1"
+    assert limits(build_engine(_parser().parse_args(["--model", "tiny", "--int8-rows", "3"]))) == {3}
+    with pytest.raises(ValueError):
+        Settings(npc_int8_rows=-2)
+    with pytest.raises(ValueError):
+        ProcessSettings(int8_rows=-2)
