@@ -279,8 +279,8 @@ class CachedRows:
 def model_steps(path: Path, rounds: int = 4) -> dict:
     """Wall ms per decode step (batch 1 and 32, 300-token context) for fp32, bf16 and
     weight-only int8, best of interleaved rounds; plus each one's logits against fp32."""
-    from npc.engine.model import DenseContext, fuse_projections
     from npc.engine import crossover
+    from npc.engine.model import DenseContext, fuse_projections
     from npc.engine.quant import quantize_int8
 
     # Each variant loaded on its own (copies of one model timed erratically here), with

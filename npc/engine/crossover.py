@@ -8,9 +8,9 @@ more than on the model. Measured on the kinds of 2-core host this project has ru
 
 - AMD EPYC with AVX512-BF16 (bf16 GEMM): 4 / 4;
 - Intel Ice Lake, AVX-512 without BF16 (fp32 GEMM): 6 / 16;
-- AMD EPYC with AVX2 only (fp32 GEMM): 8 for the small projections, 48 for gate/up,
-  48 for the head, and there `F.linear` on (N, K) weights beat `x @ w` on (K, N) by
-  15-40% for gate/up and the head, where Ice Lake was 3-5x the other way.
+- AMD EPYC with AVX2 only (fp32 GEMM): 8 to 64, mostly 16-32, varying by shape and by
+  load, and there `F.linear` on (N, K) weights beat `x @ w` on (K, N) by 15-40% for
+  gate/up and the head, where Ice Lake was 3-5x the other way.
 
 No rule on CPU flags predicts all of that, so the engine measures it: for each distinct
 weight shape, a few layers time both kernels at growing M until the int8 kernel loses, and
@@ -83,8 +83,10 @@ class Timer:
     """Times kernels as a forward pass meets them: with cold caches. In a pass every layer's
     weights were last read a whole pass ago, so they come from memory; a layer timed over
     and over alone would be served from the CPU's cache (a 3072x576 fp32 GEMM measured ~3x
-    faster that way here). So each timed call is preceded by reading a buffer larger than
-    any L3 this project met, and a call runs the kernel over a few layers of the shape."""
+    faster that way here). So each timed call is preceded by reading a buffer as large as
+    the model's int8 weights (at most FLUSH_BYTES, more than any L3 this project met; a
+    small model's weights stay cached in real passes too), and a call runs the kernel over
+    a few layers of the shape."""
 
     def __init__(self, rounds: int = ROUNDS, flush_bytes: int = FLUSH_BYTES) -> None:
         self.rounds = rounds
@@ -100,6 +102,11 @@ class Timer:
             fn()
             best = min(best, time.perf_counter() - t)
         return best * 1e3
+
+
+def flush_bytes_for(layers: Iterable[Int8Linear]) -> int:
+    """What one pass reads of `layers`' int8 weights, at most FLUSH_BYTES."""
+    return min(FLUSH_BYTES, sum(layer.qweight.nbytes for layer in layers))
 
 
 def _activations(m: int, layer: Int8Linear) -> torch.Tensor:
@@ -139,20 +146,17 @@ def measure(layers: Sequence[Int8Linear], timer: Timer, rows: Sequence[int] = RO
     return crossover(rows, int8_ms, wide_ms), tuple(int8_ms), tuple(wide_ms)
 
 
-def tune(layers: Sequence[Int8Linear], *, max_rows: int = ROWS[-1], rounds: int = ROUNDS,
-         flush_bytes: int | None = None) -> list[Crossover]:
+def tune(layers: Sequence[Int8Linear], *, max_rows: int = ROWS[-1], timer: Timer | None = None
+         ) -> list[Crossover]:
     """Measure each distinct shape among `layers` once (over up to SAMPLE_LAYERS of them)
     and set every layer of that shape: the wide layout, then the int8 kernel's row limit.
-    Row counts above `max_rows` (the largest pass the engine makes) are not tried. Caches
-    are flushed with `flush_bytes` (default: what a pass reads of `layers`' weights, at
-    most FLUSH_BYTES: a small model's weights stay in cache in real passes too)."""
-    if flush_bytes is None:
-        flush_bytes = min(FLUSH_BYTES, sum(layer.qweight.nbytes for layer in layers))
+    Row counts above `max_rows` (the largest pass the engine makes) are not tried. `timer`
+    defaults to one flushing what a pass reads of `layers`' weights."""
+    timer = timer or Timer(ROUNDS, flush_bytes_for(layers))
     rows = tuple(m for m in ROWS if m <= max_rows) or (1,)
     groups: dict[tuple[int, int], list[Int8Linear]] = {}
     for layer in layers:
         groups.setdefault((layer.out_features, layer.in_features), []).append(layer)
-    timer = Timer(rounds, flush_bytes)
     found = []
     with torch.inference_mode():
         for shape, group in groups.items():
@@ -174,15 +178,17 @@ def tune_model(model: torch.nn.Module, *, projections: bool = True, head: bool =
     long measuring took."""
     head_layer = getattr(model, "head_int8", None)
     every = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    jobs = [(layers, rows) for layers, rows in
-            (([m for m in every if m is not head_layer] if projections else [], max_rows),
-             ([head_layer] if head and head_layer is not None else [],
-              max_rows if head_rows is None else head_rows)) if layers]
+    jobs = []
+    if projections:
+        jobs.append(([m for m in every if m is not head_layer], max_rows))
+    if head and head_layer is not None:
+        jobs.append(([head_layer], max_rows if head_rows is None else head_rows))
+    jobs = [(layers, rows) for layers, rows in jobs if layers]
     if not jobs:
         return []
     t = time.perf_counter()
-    flush = min(FLUSH_BYTES, sum(m.qweight.nbytes for m in every))
-    found = [c for layers, rows in jobs for c in tune(layers, max_rows=rows, flush_bytes=flush)]
+    timer = Timer(ROUNDS, flush_bytes_for(every))  # a pass reads every layer, tuned or not
+    found = [c for layers, rows in jobs for c in tune(layers, max_rows=rows, timer=timer)]
     log.info("int8 kernel crossovers measured in %.1f s: %s", time.perf_counter() - t,
              "; ".join(c.describe() for c in found))
     return found

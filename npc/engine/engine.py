@@ -69,7 +69,7 @@ class EngineSettings:
     dtype: str = "auto"
     # With int8 weights: forward passes of up to this many tokens use the int8 kernel,
     # larger ones a bf16 (or fp32) GEMM on the same integers. -1: measured for this CPU
-    # when the engine loads, per weight shape (npc/engine/crossover.py; 4 to 48 rows on the
+    # when the engine loads, per weight shape (npc/engine/crossover.py; 4 to 64 rows on the
     # hosts measured so far, and a second or a few of start-up).
     int8_max_rows: int = -1
     # The same for the output head (-1: measured).

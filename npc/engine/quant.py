@@ -56,8 +56,9 @@ def native_bf16() -> bool:
 class Int8Linear(nn.Module):
     """y = bf16(bf16(x) @ q.T) * scale (+ bias), rounded to bf16, returned in x's dtype.
 
-    q (N, K) int8 and scale (N,) bf16, one scale per output row. `wide` (N, K) holds q in
-    bf16, or (K, N) fp32, for steps of more than `max_kernel_rows` rows.
+    q (N, K) int8 and scale (N,) bf16, one scale per output row. `wide` holds q for steps
+    of more than `max_kernel_rows` rows: in bf16 as (N, K), or in fp32 as (K, N) or (N, K)
+    (`layout`, see `set_layout`).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *,
@@ -91,7 +92,6 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y if flat else y.reshape(*shape[:-1], self.out_features)
-
 
     def int8_mm(self, xb: torch.Tensor) -> torch.Tensor:
         """bf16(xb @ q.T) through the int8 kernel: xb (M, K) bf16 -> (M, N) bf16."""

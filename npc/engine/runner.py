@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from npc.engine.model import Transformer, fuse_projections
 from npc.engine import crossover
+from npc.engine.model import Transformer, fuse_projections
 from npc.engine.quant import quantize_int8
 from npc.engine.sampling import Sampler
 from npc.engine.scheduler import Work

@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from npc.process import ProcessSettings
 from server.app import run_shard
 from tests.npc.test_npc_world import GUARD, LONG, collect_answer
@@ -148,8 +150,6 @@ def test_the_shards_prefill_bound_reaches_both_engines(tmp_path) -> None:
 def test_the_shards_int8_rows_reach_both_engines_and_the_worker(tmp_path) -> None:
     """--npc-int8-rows pins the int8 kernel's crossover (default -1: measured at load) in the
     in-process engine, on the child's command line and in `python -m npc.worker`."""
-    import pytest
-
     from npc.engine.quant import Int8Linear
     from npc.service import load_engine
     from npc.worker import _parser, build_engine
