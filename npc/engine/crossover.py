@@ -10,14 +10,16 @@ more than on the model. Measured on the kinds of 2-core host this project has ru
 - Intel Ice Lake, AVX-512 without BF16 (fp32 GEMM): 6 / 16;
 - AMD EPYC with AVX2 only (fp32 GEMM): 8 to 64, mostly 16-32, varying by shape and by
   load, and there `F.linear` on (N, K) weights beat `x @ w` on (K, N) by 15-40% for
-  gate/up and the head, where Ice Lake was 3-5x the other way.
+  gate/up and the head, where Ice Lake was 3-5x the other way;
+- Intel Xeon with AMX (bf16 GEMM): 8 / 4, 16-32 for the 576x576 output projection.
 
 No rule on CPU flags predicts all of that, so the engine measures it: for each distinct
 weight shape, a few layers time both kernels at growing M until the int8 kernel loses, and
 every layer of that shape takes the answer (the head only up to `max_running` rows: it
-sees one row a sampling sequence). For an fp32 GEMM the faster weight layout is measured
-first. Each timed call starts with cold caches, as in a forward pass (see Timer).
-This costs one to a few seconds at load (a slow CPU that keeps the int8
+sees one row a sampling sequence). The wide GEMM's fastest weight layout is measured
+first: (K, N), (N, K), or prepacked for oneDNN, which on a Xeon with AMX ran the bf16 GEMM
+25-35% faster than the others. Each timed call starts with cold caches, as in a forward
+pass (see Timer). This costs one to a few seconds at load (a slow CPU that keeps the int8
 kernel longest pays the most) and changes no output beyond the kernels' rounding, which is
 the same either way (see quant.py).
 """
@@ -31,15 +33,15 @@ from dataclasses import dataclass
 
 import torch
 
-from npc.engine.quant import Int8Linear
+from npc.engine.quant import Int8Linear, packed_available
 
 log = logging.getLogger(__name__)
 
 # Row counts tried, in order; a step never holds more than the engine's token budget.
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128)
-# Row counts at which the two fp32 layouts are compared (where the wide GEMM runs).
-# Few rows matter as much as many: on Ice Lake `x @ w` won 3-5x from 4 to 48 rows and tied
-# from 64 on, so the choice is by the product of the ratios, not by the summed times.
+# Row counts at which the wide layouts are compared (where the wide GEMM runs). Few rows
+# matter as much as many: on Ice Lake `x @ w` won 3-5x from 4 to 48 rows and tied from 64
+# on, so the choice is by the product of the ratios, not by the summed times.
 LAYOUT_ROWS = (8, 32, 128)
 ROUNDS = 2  # each time is the best of this many
 SAMPLE_LAYERS = 2  # layers of one shape timed together
@@ -53,7 +55,7 @@ class Crossover:
     shape: tuple[int, int]  # (N, K): outputs, inputs
     layers: int  # how many layers of the model have this shape
     max_kernel_rows: int  # passes of up to this many tokens take the int8 kernel
-    layout: str  # the wide GEMM's weights: "nk" (F.linear) or "kn" (x @ w)
+    layout: str  # the wide GEMM's weights: "nk" (F.linear), "kn" (x @ w) or "packed" (oneDNN)
     int8_ms: tuple[float, ...]  # per row count tried, in ROWS order
     wide_ms: tuple[float, ...]
 
@@ -73,10 +75,11 @@ def crossover(rows: Sequence[int], int8_ms: Sequence[float], wide_ms: Sequence[f
     return best
 
 
-def layout_choice(kn_ms: Sequence[float], nk_ms: Sequence[float]) -> str:
-    """"nk" where its times over "kn"'s, multiplied over the row counts tried, are below 1;
-    else "kn" (a tie keeps the layout a layer starts with)."""
-    return "nk" if math.prod(b / a for a, b in zip(kn_ms, nk_ms)) < 1 else "kn"
+def layout_choice(times: dict[str, Sequence[float]]) -> str:
+    """The layout whose times, multiplied over the row counts tried, are the least: the
+    product of its time ratios to any other is below 1. `times` maps each layout tried to
+    its times, in order of preference: a tie keeps the earlier (the one a layer starts with)."""
+    return min(times, key=lambda layout: math.prod(times[layout]))
 
 
 class Timer:
@@ -114,18 +117,28 @@ def _activations(m: int, layer: Int8Linear) -> torch.Tensor:
     return torch.randn(m, layer.in_features).to(torch.bfloat16)
 
 
+def candidate_layouts(layer: Int8Linear) -> tuple[str, ...]:
+    """The wide layouts worth timing for `layer`, the one it starts with first: bf16 weights
+    (a native bf16 CPU) as (N, K) or packed; fp32 also as (K, N)."""
+    packed = ("packed",) if packed_available() else ()
+    if layer.wide_bf16:
+        return ("nk", *packed)
+    return ("kn", "nk", *packed)
+
+
 def pick_layout(layers: Sequence[Int8Linear], timer: Timer, rows: Iterable[int] = LAYOUT_ROWS) -> str:
-    """Set (and return) the faster of the two fp32 wide layouts for `layers` (one shape):
-    "kn" unless "nk" wins on the product of the time ratios over `rows`."""
-    if layers[0].wide_bf16:
-        return layers[0].layout
+    """Set (and return) the fastest wide layout for `layers` (one shape), by the product of
+    the time ratios over `rows`."""
+    candidates = candidate_layouts(layers[0])
+    if len(candidates) == 1:
+        return candidates[0]
     xs = [_activations(m, layers[0]) for m in rows]
     times: dict[str, list[float]] = {}
-    for layout in ("kn", "nk"):
+    for layout in candidates:
         for layer in layers:
             layer.set_layout(layout)
         times[layout] = [timer.best_ms(lambda: [layer.wide_mm(x) for layer in layers]) for x in xs]
-    chosen = layout_choice(times["kn"], times["nk"])
+    chosen = layout_choice(times)
     for layer in layers:
         layer.set_layout(chosen)
     return chosen

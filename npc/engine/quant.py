@@ -11,10 +11,14 @@ integer weights first, the row scales after. Two kernels give that same value:
   (bf16 activations, int8 weights, unit scales): a GEMV at heart, reading 1 byte a weight;
 - more rows, a GEMM on the same integers held wider: bf16 (exact for -127..127) where the
   CPU multiplies bf16 natively (AVX512-BF16/AMX, about twice fp32's GEMM speed), else fp32,
-  held transposed (K, N) for `x @ w` or as (N, K) for `F.linear`, whichever this CPU runs
-  faster (torch 2.13's CPU build: `F.linear` took 3-5x longer for 4-48 rows on an Ice Lake
-  Xeon, gate/up at 16 rows 1.42 ms against 0.29 ms; on an AVX2-only EPYC it was 15-40%
-  faster for gate/up and the head).
+  in one of three layouts, whichever this CPU runs faster (`set_layout`): transposed (K, N)
+  for `x @ w`, (N, K) for `F.linear`, or prepacked once for oneDNN's matmul ("packed",
+  `torch.ops.mkldnn._linear_pointwise`), which saves repacking the weights on every call.
+  Measured with torch 2.13's CPU build: `F.linear` took 3-5x longer than `x @ w` for 4-48
+  rows on an Ice Lake Xeon, gate/up at 16 rows 1.42 ms against 0.29 ms; on an AVX2-only
+  EPYC it was 15-40% faster for gate/up and the head; on a Xeon with AMX the packed bf16
+  weights took 25-35% less time than either for 4-96 rows (3072x576 at 48 rows: 0.24 ms
+  against 0.33-0.37), where packed fp32 gained nothing.
 The engine measures both choices, the layout and the row count where the int8 kernel
 stops winning, for each weight shape when it loads: see npc/engine/crossover.py.
 Both accumulate in fp32 and round once to bf16 before the scale, so they agree bit for bit
@@ -39,6 +43,26 @@ from npc.engine.model import Transformer, fuse_projections
 MAX_KERNEL_ROWS = 8
 
 
+# The wide GEMM's weight layouts (see the module doc and `Int8Linear.set_layout`).
+LAYOUTS = ("kn", "nk", "packed")
+# The row count oneDNN is told to expect when it packs weights; measured on the AMX Xeon,
+# 1 to 128 gave the same times from 4 to 48 rows and 64 was 10-15% faster at 96.
+PACK_ROWS_HINT = 64
+
+
+def packed_available() -> bool:
+    """Whether this torch build can prepack linear weights for oneDNN (the "packed" layout)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        w = torch.ones(2, 2)
+        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), torch.ops.mkldnn._reorder_linear_weight(w, 1),
+                                           None, "none", [], "")
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX; then the wide kernel
     is bf16, else fp32).
@@ -57,8 +81,8 @@ class Int8Linear(nn.Module):
     """y = bf16(bf16(x) @ q.T) * scale (+ bias), rounded to bf16, returned in x's dtype.
 
     q (N, K) int8 and scale (N,) bf16, one scale per output row. `wide` holds q for steps
-    of more than `max_kernel_rows` rows: in bf16 as (N, K), or in fp32 as (K, N) or (N, K)
-    (`layout`, see `set_layout`).
+    of more than `max_kernel_rows` rows, in bf16 or fp32 (`wide_bf16`) and in the layout
+    `layout` (see `set_layout`).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *,
@@ -73,11 +97,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
         self.register_buffer("unit", torch.ones_like(scale))  # the int8 kernel's scales: 1
-        # bf16 (N, K) for F.linear; fp32 transposed, (K, N), for x @ wide, unless set_layout
-        # chose (N, K) for this CPU (see the module doc and npc/engine/crossover.py).
+        # Until set_layout measures otherwise: bf16 (N, K) for F.linear; fp32 (K, N) for x @ wide.
         self.layout = "nk" if self.wide_bf16 else "kn"
-        self.register_buffer("wide", q.to(torch.bfloat16) if self.wide_bf16
-                             else q.to(torch.float32).t().contiguous())
+        self.register_buffer("wide", self._wide(self.layout))
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.max_kernel_rows = max_kernel_rows
         self.in_features, self.out_features = w.shape[1], w.shape[0]
@@ -99,21 +121,32 @@ class Int8Linear(nn.Module):
 
     def wide_mm(self, x: torch.Tensor) -> torch.Tensor:
         """The same product through the wide GEMM: x (M, K) bf16-valued -> (M, N) bf16."""
-        if self.wide_bf16:
-            return F.linear(x.to(torch.bfloat16), self.wide)
-        if self.layout == "kn":
-            return torch.mm(x.float(), self.wide).to(torch.bfloat16)
-        return F.linear(x.float(), self.wide).to(torch.bfloat16)
+        x = x.to(torch.bfloat16 if self.wide_bf16 else torch.float32)
+        if self.layout == "nk":
+            y = F.linear(x, self.wide)
+        elif self.layout == "kn":
+            y = torch.mm(x, self.wide)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(x, self.wide, None, "none", [], "")
+        return y.to(torch.bfloat16)
 
     def set_layout(self, layout: str) -> None:
-        """Hold the fp32 wide weights as (K, N) ("kn", for x @ w) or (N, K) ("nk", for
-        F.linear); the same values either way. The bf16 wide weights stay (N, K)."""
-        if layout not in ("kn", "nk"):
-            raise ValueError("layout must be 'kn' or 'nk'")
-        if self.wide_bf16 or layout == self.layout:
-            return
-        self.wide = self.wide.t().contiguous()
-        self.layout = layout
+        """Hold the wide weights as (K, N) ("kn", for x @ w), (N, K) ("nk", for F.linear) or
+        prepacked for oneDNN ("packed", where `packed_available()`); the same values each way."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}")
+        if layout != self.layout:
+            self.wide = self._wide(layout)
+            self.layout = layout
+
+    def _wide(self, layout: str) -> torch.Tensor:
+        """q held wider in `layout`."""
+        w = self.qweight.to(torch.bfloat16 if self.wide_bf16 else torch.float32)  # (N, K)
+        if layout == "kn":
+            return w.t().contiguous()
+        if layout == "packed":
+            return torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS_HINT)
+        return w
 
 
 def quantize_int8(model: Transformer, *, max_kernel_rows: int = MAX_KERNEL_ROWS,

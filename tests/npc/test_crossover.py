@@ -6,7 +6,7 @@ import torch
 
 from npc.engine import crossover
 from npc.engine.model import DenseContext
-from npc.engine.quant import Int8Linear, quantize_int8
+from npc.engine.quant import Int8Linear, packed_available, quantize_int8
 from npc.engine.tiny import tiny_model
 
 
@@ -21,10 +21,22 @@ def test_crossover_is_the_last_row_count_before_the_int8_kernel_first_loses():
 
 def test_layout_is_chosen_by_the_ratios_so_few_rows_count_as_much_as_many():
     # Ice Lake's shape: x @ w (kn) 4x faster at 8 and 32 rows, a little slower at 128.
-    assert crossover.layout_choice([0.3, 0.6, 5.0], [1.2, 2.4, 4.8]) == "kn"
+    assert crossover.layout_choice({"kn": [0.3, 0.6, 5.0], "nk": [1.2, 2.4, 4.8]}) == "kn"
     # The AVX2 EPYC's gate/up: F.linear (nk) faster everywhere.
-    assert crossover.layout_choice([1.7, 3.8, 5.7], [0.8, 2.8, 4.9]) == "nk"
-    assert crossover.layout_choice([1.0], [1.0]) == "kn"
+    assert crossover.layout_choice({"kn": [1.7, 3.8, 5.7], "nk": [0.8, 2.8, 4.9]}) == "nk"
+    # The AMX Xeon's bf16 gate/up: packed weights a third faster at every row count.
+    assert crossover.layout_choice({"nk": [0.29, 0.33, 0.43], "packed": [0.19, 0.24, 0.30]}) == "packed"
+    # Of three, the least product wins, and a tie keeps the first (the layer's own).
+    assert crossover.layout_choice({"kn": [1.0, 4.0], "nk": [2.0, 1.9], "packed": [3.0, 1.0]}) == "packed"
+    assert crossover.layout_choice({"kn": [1.0], "nk": [1.0]}) == "kn"
+
+
+def test_candidate_layouts_start_with_the_layers_own_and_offer_packed_where_torch_can():
+    fp32 = Int8Linear(torch.randn(8, 16), None, wide_bf16=False)
+    bf16 = Int8Linear(torch.randn(8, 16), None, wide_bf16=True)
+    packed = ("packed",) if packed_available() else ()
+    assert crossover.candidate_layouts(fp32) == ("kn", "nk", *packed)
+    assert crossover.candidate_layouts(bf16) == ("nk", *packed)
 
 
 def test_measure_stops_at_the_first_loss_and_reports_what_it_timed():
@@ -55,9 +67,10 @@ def test_tune_sets_every_layer_of_a_shape_alike_and_keeps_the_logits():
     for c in found:
         group = [m for m in layers if (m.out_features, m.in_features) == c.shape]
         assert {(m.max_kernel_rows, m.layout) for m in group} == {(c.max_kernel_rows, c.layout)}
-        assert c.max_kernel_rows <= 16 and c.layout in ("kn", "nk")
-        assert all(w.shape == ((m.out_features, m.in_features) if c.layout == "nk"
-                               else (m.in_features, m.out_features)) for m in group for w in [m.wide])
+        assert c.max_kernel_rows <= 16 and c.layout in crossover.candidate_layouts(group[0])
+        if c.layout != "packed":  # oneDNN's packed weights have a shape of its own
+            assert all(w.shape == ((m.out_features, m.in_features) if c.layout == "nk"
+                                   else (m.in_features, m.out_features)) for m in group for w in [m.wide])
     with torch.inference_mode():
         after = model.logits(model(ids, pos, DenseContext()))
     assert (before.argmax(-1) == after.argmax(-1)).all()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from npc.engine.model import DenseContext, ModelConfig, Transformer, fuse_projections, random_model
-from npc.engine.quant import Int8Linear, native_bf16, quantize_int8
+from npc.engine.quant import Int8Linear, native_bf16, packed_available, quantize_int8
 
 # Bound for the default model, fp32 vs int8 weights (bf16 activations into the int8
 # projections, fp32 elsewhere), over every position of a chat prompt. Measured: mean
@@ -138,6 +138,28 @@ def test_the_fp32_wide_gemm_holds_its_weights_in_either_layout_with_the_same_val
     assert ((kn - nk).abs() <= kn.abs() * 2.0 ** -7 + 1e-12).all()
     with pytest.raises(ValueError):
         lin.set_layout("t")
+
+
+@pytest.mark.parametrize("wide_bf16", [False, True])
+def test_the_packed_layout_gives_the_products_of_the_plain_one(wide_bf16):
+    """Weights prepacked for oneDNN ("packed") hold the same integers: the bf16-rounded
+    products match the plain layout's on 99%+ of outputs (the rest one bf16 step apart),
+    and switching back restores the plain weights exactly."""
+    if not packed_available():
+        pytest.skip("this torch build has no oneDNN linear packing")  # the CPU wheel has it
+    torch.manual_seed(2)
+    lin = Int8Linear(torch.randn(48, 32) * 0.05, None, max_kernel_rows=0, wide_bf16=wide_bf16)
+    plain = lin.layout
+    x = torch.randn(16, 32)
+    with torch.inference_mode():
+        before = lin(x)
+        lin.set_layout("packed")
+        assert lin.layout == "packed"
+        packed = lin(x)
+        lin.set_layout(plain)
+        assert torch.equal(lin(x), before)
+    assert (packed == before).float().mean().item() >= 0.99
+    assert ((packed - before).abs() <= before.abs() * 2.0 ** -7 + 1e-12).all()
 
 
 def test_fused_projections_give_the_same_logits_and_leave_the_model_alone():
