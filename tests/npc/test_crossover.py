@@ -50,6 +50,33 @@ def test_measure_stops_at_the_first_loss_and_reports_what_it_timed():
     assert layer.max_kernel_rows == 0  # measuring sets nothing
 
 
+class ScriptedTimer:
+    """Returns scripted times in call order, and records which kernel each call ran."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times = list(times)
+        self.calls = 0
+
+    def best_ms(self, fn) -> float:
+        fn()
+        self.calls += 1
+        return self.times.pop(0)
+
+
+def test_a_loss_is_timed_again_before_it_ends_the_scan():
+    layer = Int8Linear(torch.randn(64, 32), None, max_kernel_rows=0, wide_bf16=False)
+    # 1 row: int8 1.0 vs wide 2.0. 2 rows: a slow int8 call (3.0 vs 2.0), but the second
+    # look says 1.5 vs 2.5: each keeps its better time, so the scan goes on. 4 rows: int8
+    # loses twice (3.0 vs 2.0, then 2.8 vs 2.2) and the scan ends there.
+    timer = ScriptedTimer([1.0, 2.0, 3.0, 2.0, 1.5, 2.5, 3.0, 2.0, 2.8, 2.2])
+    limit, int8_ms, wide_ms = crossover.measure([layer], timer, rows=(1, 2, 4, 8))
+    assert (limit, int8_ms, wide_ms) == (2, (1.0, 1.5, 2.8), (2.0, 2.0, 2.0))
+    assert timer.calls == 10 and not timer.times  # nothing timed at 8 rows
+    # A win is not timed again.
+    timer = ScriptedTimer([1.0, 2.0, 1.0, 2.0])
+    assert crossover.measure([layer], timer, rows=(1, 2))[0] == 2 and timer.calls == 4
+
+
 def test_tune_sets_every_layer_of_a_shape_alike_and_keeps_the_logits():
     """Every int8 layer of one shape gets the same limit and layout; the head is measured
     as its own shape; max_rows caps the row counts tried; the logits stay the same up to
