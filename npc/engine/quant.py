@@ -31,6 +31,8 @@ asserted (mean <= 0.6, top-1 >= 85%) is in tests/npc/test_model_quant.py.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,8 +52,10 @@ LAYOUTS = ("kn", "nk", "packed")
 PACK_ROWS_HINT = 64
 
 
+@functools.cache
 def packed_available() -> bool:
-    """Whether this torch build can prepack linear weights for oneDNN (the "packed" layout)."""
+    """Whether this torch build can prepack linear weights for oneDNN (the "packed" layout);
+    probed once per process (the tuner asks for every weight shape)."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False

@@ -51,7 +51,7 @@ def test_measure_stops_at_the_first_loss_and_reports_what_it_timed():
 
 
 class ScriptedTimer:
-    """Returns scripted times in call order, and records which kernel each call ran."""
+    """Runs each timed call once and returns the next scripted time, counting the calls."""
 
     def __init__(self, times: list[float]) -> None:
         self.times = list(times)
