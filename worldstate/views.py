@@ -87,10 +87,12 @@ class Views:
         self._r2 = aoi * aoi
         self._ents, self._xs, self._zs, self._grid = ents, xs, zs, grid
         self._rebuild_limit = rebuild_limit
-        # Views and their reverse index are sorted int32 arrays: 4 bytes an entry where a set
-        # or dict takes ~60, and invisible to Python's cyclic GC (a full collection walking a
-        # million set entries stalls the shard for tens of ms). Changes per tick are few, so
-        # the O(n) insert of a sorted array costs less than the memory it saves.
+        # Views and their reverse index are sorted arrays of slots: 2 bytes an entry while
+        # every slot fits in 16 bits (4 beyond: see `added`) where a set or dict takes ~60, and
+        # invisible to Python's cyclic GC (a full collection walking a million set entries
+        # stalls the shard for tens of ms). Changes per tick are few, so the O(n) insert of
+        # a sorted array costs less than the memory it saves.
+        self._code = "H"
         self._watchers: list[array] = []          # slot -> observer slots that see it
         self._views: dict[int, array] = {}        # observer slot -> slots it sees
         self._ogrid = Grid(grid.cell)             # observers only
@@ -112,12 +114,20 @@ class Views:
     # --- what the world reports -----------------------------------------------------------
     def added(self, s: int) -> None:
         """Slot `s` now holds a new entity (at the world's xs[s], zs[s])."""
+        if s > 0xFFFF and self._code == "H":
+            self._widen()
         while len(self._watchers) <= s:
-            self._watchers.append(array("i"))
+            self._watchers.append(array(self._code))
             self._ax.append(0.0)
             self._az.append(0.0)
-        self._watchers[s] = array("i")
+        self._watchers[s] = array(self._code)
         self._loose.add(s)
+
+    def _widen(self) -> None:
+        """Store slots as 32-bit from now on: the world outgrew 65,536 slots (once, O(pairs))."""
+        self._code = "i"
+        self._watchers = [array("i", a) for a in self._watchers]
+        self._views = {o: array("i", a) for o, a in self._views.items()}
 
     def removed(self, s: int, entity_id: str) -> None:
         """The entity in slot `s` left the world: end its view, queue its leaves."""
@@ -127,7 +137,7 @@ class Views:
         for o in self._watchers[s]:
             _discard(views[o], s)
             pending.setdefault(o, []).append(entity_id)
-        self._watchers[s] = array("i")
+        self._watchers[s] = array(self._code)
         self._moved.pop(s, None)
         self._shifted.discard(s)
         # The band may still name this slot: it stays loose until the next rebuild, and the
@@ -160,7 +170,7 @@ class Views:
         """Give slot `o` an empty view; the next tick enters everything it sees."""
         if o in self._views:
             return
-        self._views[o] = array("i")
+        self._views[o] = array(self._code)
         self._ogrid.insert(o, self._xs[o], self._zs[o])
         self._loose.add(o)
 
@@ -190,7 +200,7 @@ class Views:
             _discard(watchers[s], o)
         for s in new - old:
             _add(watchers[s], o)
-        view = self._views[o] = array("i", sorted(new))
+        view = self._views[o] = array(self._code, sorted(new))
         self._reset.add(o)
         self._pending.pop(o, None)
         self._loose.add(o)  # its band pairs are stale now; exact queries until the next rebuild
@@ -319,7 +329,7 @@ class Views:
             if d is None:
                 d = out[o] = ViewDiff([], [], [])
             # In bulk: a new observer enters its whole view at once.
-            views[o] = array("i", sorted(new))
+            views[o] = array(self._code, sorted(new))
             for s in entered:
                 _add(watchers[s], o)
             d.enter.extend(map(ents.__getitem__, entered))

@@ -69,9 +69,16 @@ def test_band_holds_exactly_the_pairs_near_the_edge(aoi, skin, chunk, monkeypatc
     zs = rng.uniform(-40, 40, n).round(1)
     alive = np.arange(0, n, 2)              # odd slots are "dead" and must never appear
     observers = alive[:60]
+    watching = set(observers.tolist())
     band = PairBand(aoi, skin)
     band.rebuild(xs, zs, alive, observers)
-    got = {(int(o), int(e)): bool(v) for o, e, v in zip(band.obs, band.ent, band.vis)}
+    assert band.obs.dtype == np.uint16 and band.ent.dtype == np.uint16  # slots fit in 16 bits
+    got = {}
+    for o, e, v, m in zip(band.obs.tolist(), band.ent.tolist(), band.vis.tolist(), band.mutual.tolist()):
+        assert m == (e in watching and e != o) and (not m or o < e)  # two observers' pair is stored once
+        got[(o, e)] = v
+        if m:
+            got[(e, o)] = v
     assert len(got) == len(band)
     want = {}
     lo, hi = (aoi - skin) ** 2 if aoi > skin else -1.0, (aoi + skin) ** 2
@@ -106,6 +113,25 @@ def test_near_pairs_chunks_split_whole_observers_and_agree_with_one_pass():
     assert (d2 > 16.0).all() and (d2 <= 144.0).all()
     with pytest.raises(ValueError):
         next(near_pairs_chunks(xs, zs, alive, observers, 12.0, chunk=0))
+
+
+def test_band_slots_widen_past_16_bits_and_mutual_pairs_flip_both_ways():
+    """Slots past 65535 are stored as int32; a pair of two observers, stored once, reports
+    both directions when it flips."""
+    n = (1 << 16) + 3
+    xs = np.zeros(n)
+    zs = np.zeros(n)
+    a, b, c = 5, n - 2, n - 1    # b and c need more than 16 bits
+    xs[b], xs[c] = 9.0, 20.0     # a-b in view, b-c out of it, both within the skin; a-c beyond
+    band = PairBand(10.0, 5.0)
+    band.rebuild(xs, zs, np.array([a, b, c]), np.array([a, b]))
+    assert band.obs.dtype == np.int32
+    stored = set(zip(band.obs.tolist(), band.ent.tolist(), band.mutual.tolist()))
+    assert stored == {(a, b, True), (b, c, False)}
+    assert len(band) == 3
+    xs[b] = 10.5                 # b leaves a's view and a leaves b's; c enters b's view
+    obs, ent, now = band.changes(xs, zs, None)
+    assert sorted(zip(obs, ent, now)) == sorted([(a, b, False), (b, a, False), (b, c, True)])
 
 
 def test_band_reports_flips_and_masks_loose_pairs():

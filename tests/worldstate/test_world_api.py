@@ -251,3 +251,29 @@ def test_reset_between_a_move_and_its_undo_still_updates():
     w.teleport("p:b", Pose(2, 0, 0, 0.0))
     d = w.tick()["p:a"]
     assert [(e.id, e.pose.yaw) for e in d.upd] == [("p:b", 0.0)]
+
+
+def test_views_widen_their_slots_past_65536_entities():
+    """Views store slots in 16 bits until a slot needs more; from then on in 32, and stay exact."""
+    w = make_world(bounds=(-1000.0, -1000.0, 1000.0, 1000.0))
+    w.add(player("a"))
+    w.add(player("b", 5, 0))
+    w.watch("p:a")
+    w.watch("p:b")
+    w.tick()
+    assert w._views._code == "H"
+    for i in range((1 << 16) - 2):  # fill slots 2..65535, far from the players
+        w.add(Entity(f"o:{i}", "object", "crate", Pose(900.0, 0.0, 900.0)))
+    w.tick()
+    assert w._views._code == "H"
+    w.add(player("c", 0, 5))  # slot 65536: past 16 bits
+    w.watch("p:c")
+    assert w._views._code == "i"
+    diffs = w.tick()
+    assert [e.id for e in diffs["p:a"].enter] == ["p:c"]
+    assert {e.id for e in diffs["p:c"].enter} == {"p:a", "p:b", "p:c"}
+    assert w.view_ids("p:a") == {"p:a", "p:b", "p:c"}
+    w.teleport("p:c", Pose(0.0, 0.0, 30.0))
+    diffs = w.tick()
+    assert diffs["p:a"].leave == ["p:c"] and diffs["p:b"].leave == ["p:c"]
+    assert w.view_ids("p:c") == {"p:c"}
