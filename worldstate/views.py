@@ -93,8 +93,16 @@ class Views:
         # stalls the shard for tens of ms). Changes per tick are few, so the O(n) insert of
         # a sorted array costs less than the memory it saves.
         self._code = "H"
-        self._watchers: list[array] = []          # slot -> observer slots that see it
-        self._views: dict[int, array] = {}        # observer slot -> slots it sees
+        # An observer's view is two arrays: the observers it sees (`_views`) and the other
+        # entities (`_things`, absent when none). Who sees an entity is stored only for
+        # entities that are not observers: everyone has the same area of interest and distance
+        # is symmetric, so after every tick an observer is seen by exactly the observers it
+        # sees. Its watchers are its `_views` entry (halving what a world of players holds),
+        # plus `_extra` for the few pairs that a watch or reset between two ticks made one-sided.
+        self._watchers: list[array | None] = []   # slot -> observer slots that see it; None: an observer
+        self._views: dict[int, array] = {}        # observer slot -> observer slots it sees
+        self._things: dict[int, array] = {}       # observer slot -> other slots it sees
+        self._extra: dict[int, set[int]] = {}     # observer slot -> observers that may see it unseen
         self._ogrid = Grid(grid.cell)             # observers only
         self._band = PairBand(aoi, skin)
         self._loose_d2 = (PairBand.LOOSE_FRACTION * skin) ** 2
@@ -126,16 +134,17 @@ class Views:
     def _widen(self) -> None:
         """Store slots as 32-bit from now on: the world outgrew 65,536 slots (once, O(pairs))."""
         self._code = "i"
-        self._watchers = [array("i", a) for a in self._watchers]
+        self._watchers = [None if a is None else array("i", a) for a in self._watchers]
         self._views = {o: array("i", a) for o, a in self._views.items()}
+        self._things = {o: array("i", a) for o, a in self._things.items()}
 
     def removed(self, s: int, entity_id: str) -> None:
         """The entity in slot `s` left the world: end its view, queue its leaves."""
         if s in self._views:
             self.unwatch(s)
-        views, pending = self._views, self._pending
+        things, pending = self._things, self._pending
         for o in self._watchers[s]:
-            _discard(views[o], s)
+            _discard(things[o], s)
             pending.setdefault(o, []).append(entity_id)
         self._watchers[s] = array(self._code)
         self._moved.pop(s, None)
@@ -170,41 +179,110 @@ class Views:
         """Give slot `o` an empty view; the next tick enters everything it sees."""
         if o in self._views:
             return
+        # Those who see `o` now see an observer, and are not in its (empty) view yet: they
+        # are its extra watchers until the next tick.
+        seen_by = self._watchers[o]
+        for x in seen_by:
+            _discard(self._things[x], o)
+            _add(self._views[x], o)
+        if seen_by:
+            self._extra[o] = set(seen_by)
+        self._watchers[o] = None
         self._views[o] = array(self._code)
         self._ogrid.insert(o, self._xs[o], self._zs[o])
         self._loose.add(o)
 
     def unwatch(self, o: int) -> None:
         """Drop slot `o`'s view (no-op without one)."""
-        view = self._views.pop(o, None)
-        if view is None:
+        if o not in self._views:
             return
+        # No longer an observer: who sees it is stored from now on, and they see a thing.
+        seen_by = sorted(w for w in self._watching(o) if w != o)
+        for x in seen_by:
+            _discard(self._views[x], o)
+            _add(self._thing_view(x), o)
+        self._watchers[o] = array(self._code, seen_by)
+        self._extra.pop(o, None)
+        del self._views[o]
         watchers = self._watchers
-        for s in view:
+        for s in self._things.pop(o, ()):
             _discard(watchers[s], o)
         self._pending.pop(o, None)
         self._ogrid.remove(o)
         self._loose.add(o)
 
-    def view_of(self, o: int) -> array | None:
-        """Slots in `o`'s view as of the last tick or reset (sorted, live: do not modify), or None."""
-        return self._views.get(o)
+    def _watching(self, s: int) -> list[int]:
+        """Observer slots whose view holds slot `s`."""
+        seen_by = self._watchers[s]
+        if seen_by is not None:
+            return list(seen_by)
+        views = self._views
+        candidates = views[s]
+        extra = self._extra.get(s)
+        if extra:
+            candidates = extra.union(candidates)
+        out = []
+        for o in candidates:
+            view = views.get(o)
+            if view is not None:
+                i = bisect_left(view, s)
+                if i < len(view) and view[i] == s:
+                    out.append(o)
+        return out
+
+    def _thing_view(self, o: int) -> array:
+        """The non-observers in `o`'s view, made on first use."""
+        things = self._things.get(o)
+        if things is None:
+            things = self._things[o] = array(self._code)
+        return things
+
+    def _view_set(self, o: int) -> set[int]:
+        """Every slot in observer `o`'s view."""
+        view = set(self._views[o])
+        things = self._things.get(o)
+        if things:
+            view.update(things)
+        return view
+
+    def view_of(self, o: int) -> list[int] | None:
+        """Slots in `o`'s view as of the last tick or reset (sorted), or None without a view."""
+        peers = self._views.get(o)
+        if peers is None:
+            return None
+        return sorted(peers + self._things[o]) if o in self._things else list(peers)
 
     def reset(self, o: int) -> array:
         """Make `o`'s view exactly what it sees now (watching it if needed) and return it."""
         self.watch(o)
         new = self._exact_view(o)
-        old = set(self._views[o])
-        watchers = self._watchers
+        old = self._view_set(o)
+        watchers, extra = self._watchers, self._extra
         for s in old - new:
-            _discard(watchers[s], o)
+            if watchers[s] is not None:
+                _discard(watchers[s], o)
+            elif s != o:  # an observer `o` stops seeing still sees `o` until the next tick
+                extra.setdefault(o, set()).add(s)
         for s in new - old:
-            _add(watchers[s], o)
-        view = self._views[o] = array(self._code, sorted(new))
+            if watchers[s] is not None:
+                _add(watchers[s], o)
+            elif s != o:  # and one it starts seeing does not see it yet
+                extra.setdefault(s, set()).add(o)
+        self._set_view(o, new)
         self._reset.add(o)
         self._pending.pop(o, None)
         self._loose.add(o)  # its band pairs are stale now; exact queries until the next rebuild
-        return view
+        return sorted(new)
+
+    def _set_view(self, o: int, slots: set[int]) -> None:
+        """Replace `o`'s view with `slots`, split into observers and others."""
+        watchers = self._watchers
+        peers = sorted(s for s in slots if watchers[s] is None)
+        self._views[o] = array(self._code, peers)
+        if len(peers) < len(slots):
+            self._things[o] = array(self._code, sorted(s for s in slots if watchers[s] is not None))
+        else:
+            self._things.pop(o, None)
 
     def _exact_view(self, o: int) -> set[int]:
         """Slots within the area of interest of observer `o`, by grid query."""
@@ -245,6 +323,7 @@ class Views:
             else:
                 self._loose |= settled
         self._flip_loose(out, xy)
+        self._extra.clear()  # every view is exact now, so two observers see each other or neither
         self._add_updates(out)
         for o, gone in self._pending.items():
             d = out.get(o)
@@ -274,16 +353,23 @@ class Views:
         d = out.get(o)
         if d is None:
             d = out[o] = ViewDiff([], [], [])
+        seen_by = self._watchers[s]  # (None for an observer: the tick flips both directions)
         if now:
-            _add(self._views[o], s)
-            _add(self._watchers[s], o)
+            if seen_by is None:
+                _add(self._views[o], s)
+            else:
+                _add(self._thing_view(o), s)
+                _add(seen_by, o)
             ent = self._ents[s]
             d.enter.append(ent)
             if s in self._moved:
                 self._fresh.append((o, ent))
         else:
-            _discard(self._views[o], s)
-            _discard(self._watchers[s], o)
+            if seen_by is None:
+                _discard(self._views[o], s)
+            else:
+                _discard(self._things[o], s)
+                _discard(seen_by, o)
             d.leave.append(self._ents[s].id)
 
     def _flip_band(self, out: dict[int, ViewDiff]) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +398,7 @@ class Views:
             if ents[s] is None:
                 continue  # removed: its leaves were queued at once
             near = {o for _, o in within(self._ogrid, xs, zs, xs[s], zs[s], self.aoi) if o not in loose}
-            had = {o for o in watchers[s] if o not in loose}
+            had = {o for o in self._watching(s) if o not in loose}
             for o in near - had:
                 self._flip(out, o, s, True)
             for o in had - near:
@@ -320,7 +406,7 @@ class Views:
         # Loose observer, any entity.
         moved = self._moved
         for o, new in zip(watching, self._exact_views(watching, xy)):
-            old = set(views[o])
+            old = self._view_set(o)
             entered = new - old
             left = old - new
             if not (entered or left):
@@ -329,13 +415,15 @@ class Views:
             if d is None:
                 d = out[o] = ViewDiff([], [], [])
             # In bulk: a new observer enters its whole view at once.
-            views[o] = array(self._code, sorted(new))
+            self._set_view(o, new)
             for s in entered:
-                _add(watchers[s], o)
+                if watchers[s] is not None:
+                    _add(watchers[s], o)
             d.enter.extend(map(ents.__getitem__, entered))
             self._fresh.extend((o, ents[s]) for s in entered if s in moved)
             for s in left:
-                _discard(watchers[s], o)
+                if watchers[s] is not None:
+                    _discard(watchers[s], o)
             d.leave.extend(ents[s].id for s in left)
 
     def _exact_views(self, observers: list[int], xy) -> Iterator[set[int]]:
@@ -357,7 +445,7 @@ class Views:
 
     def _add_updates(self, out: dict[int, ViewDiff]) -> None:
         """`upd` for every watcher of an entity whose pose changed (not those it just entered for)."""
-        ents, watchers, moved = self._ents, self._watchers, self._moved
+        ents, watchers, views, moved = self._ents, self._watchers, self._views, self._moved
         if not moved:
             return
         # The hot loop of a busy tick: one lookup and one append per (mover, watcher). When
@@ -368,14 +456,18 @@ class Views:
         reset = self._reset
         for s, b in moved.items():
             ent = ents[s]
+            # An observer's watchers are the observers in its view (the tick made every view exact).
+            seen_by = watchers[s]
+            if seen_by is None:
+                seen_by = views[s]
             if ent.pose == b:
                 # Moved and came back within the tick: nothing to tell, except to observers
                 # reset meanwhile, who may have been given the pose in between.
-                for o in watchers[s]:
+                for o in seen_by:
                     if o in reset:
                         upd[o].append(ent)
                 continue
-            for o in watchers[s]:
+            for o in seen_by:
                 upd[o].append(ent)
         if many:
             upd = {o: items for o, items in enumerate(upd) if items}
