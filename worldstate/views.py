@@ -3,13 +3,15 @@
 `Views` works on the world's int slots and reads positions from the world's own lists; the
 `World` tells it about every add, removal and pose change and asks it for a tick's diffs.
 
-How a tick stays cheap: each observer's view is a sorted array of slots, with the reverse index (who
-sees this slot) beside it. Pairs near the edge of an area of interest live in a `PairBand`
-checked in bulk with numpy; pairs deep inside or far outside cannot change until an endpoint
-drifts by part of the band's skin. Endpoints that drifted far, were added or removed, or
-started or reset a view are "loose": their pairs get exact grid queries until the band is
-rebuilt (when too many are loose, or drifting towards it). `upd` comes from the reverse index
-of entities that moved, so no observer scans what did not change.
+How a tick stays cheap: each observer's view is sorted arrays of slots, with the reverse index
+(who sees this slot) beside it; since areas of interest are the same size for everyone, an
+observer's reverse index is the observers in its own view, so only other entities store one.
+Pairs near the edge of an area of interest live in a `PairBand` checked in bulk with numpy;
+pairs deep inside or far outside cannot change until an endpoint drifts by part of the band's
+skin. Endpoints that drifted far, were added or removed, or started or reset a view are
+"loose": their pairs get exact grid queries until the band is rebuilt (when too many are
+loose, or drifting towards it). `upd` comes from the reverse index of entities that moved,
+so no observer scans what did not change.
 """
 from __future__ import annotations
 

@@ -277,3 +277,32 @@ def test_views_widen_their_slots_past_65536_entities():
     diffs = w.tick()
     assert diffs["p:a"].leave == ["p:c"] and diffs["p:b"].leave == ["p:c"]
     assert w.view_ids("p:c") == {"p:c"}
+
+
+def test_one_sided_views_between_ticks_stay_exact():
+    """A reset or a new watch between ticks makes two observers' views one-sided until the
+    tick; removing either meanwhile still leaves every view and diff exact."""
+    w = make_world()
+    for name, x in (("a", 0), ("b", 10), ("c", 25)):
+        w.add(player(name, x, 0))
+        w.watch(f"p:{name}")
+    w.tick()
+    assert w.view_ids("p:a") == {"p:a", "p:b"} and w.view_ids("p:c") == {"p:b", "p:c"}
+    w.teleport("p:b", Pose(-15.0, 0.0, 0.0))
+    assert {e.id for e in w.reset_view("p:b")} == {"p:a", "p:b"}  # c is out of b's view now
+    w.remove("p:b")                                               # before c was told
+    diffs = w.tick()
+    assert diffs["p:c"].leave == ["p:b"] and diffs["p:a"].leave == ["p:b"]
+    assert "p:b" not in w.view_ids("p:a") and w.view_ids("p:c") == {"p:c"}
+    w.add(Entity("n:d", "npc", "d", Pose(5.0, 0.0, 0.0)))
+    w.tick()
+    w.watch("n:d")                  # a thing a sees becomes an observer, then goes
+    w.unwatch("n:d")
+    w.teleport("n:d", Pose(6.0, 0.0, 0.0))
+    diffs = w.tick()
+    assert [e.id for e in diffs["p:a"].upd] == ["n:d"] and "n:d" not in diffs
+    w.watch("n:d")
+    w.remove("n:d")
+    diffs = w.tick()
+    assert diffs["p:a"].leave == ["n:d"] and "n:d" not in diffs
+    assert w.view_ids("p:a") == {"p:a"}
