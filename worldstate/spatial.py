@@ -17,7 +17,7 @@ class Grid:
     there are two grids), invisible to Python's cyclic GC, and buckets stay small.
     """
 
-    __slots__ = ("cell", "_cells", "_where")
+    __slots__ = ("cell", "_cells", "_where", "_keys")
 
     def __init__(self, cell: float) -> None:
         if not (cell > 0 and math.isfinite(cell)):
@@ -25,6 +25,9 @@ class Grid:
         self.cell = float(cell)
         self._cells: dict[tuple[int, int], array] = {}
         self._where: dict[int, tuple[int, int]] = {}
+        # Each occupied cell's own key tuple, which `_where` shares: one tuple a cell rather
+        # than one a key (~55 bytes a player in each grid of a dense world).
+        self._keys: dict[tuple[int, int], tuple[int, int]] = {}
 
     def _key(self, x: float, z: float) -> tuple[int, int]:
         c = self.cell
@@ -38,13 +41,7 @@ class Grid:
 
     def insert(self, key: int, x: float, z: float) -> None:
         """Put `key` at (x, z); it must not be in the grid yet."""
-        ck = self._key(x, z)
-        self._where[key] = ck
-        bucket = self._cells.get(ck)
-        if bucket is None:
-            self._cells[ck] = array("i", (key,))
-        else:
-            bucket.append(key)
+        self._where[key] = self._enter(key, self._key(x, z))
 
     def update(self, key: int, x: float, z: float) -> bool:
         """Record that `key` now stands at (x, z); True when it changed cells (cheap when not)."""
@@ -53,13 +50,18 @@ class Grid:
         if ck == old:
             return False
         self._discard(key, old)
-        self._where[key] = ck
+        self._where[key] = self._enter(key, ck)
+        return True
+
+    def _enter(self, key: int, ck: tuple[int, int]) -> tuple[int, int]:
+        """Add `key` to cell `ck`'s bucket; returns the cell's own key tuple."""
         bucket = self._cells.get(ck)
         if bucket is None:
             self._cells[ck] = array("i", (key,))
-        else:
-            bucket.append(key)
-        return True
+            self._keys[ck] = ck
+            return ck
+        bucket.append(key)
+        return self._keys[ck]
 
     def remove(self, key: int) -> None:
         """Take `key` out of the grid (no-op when absent)."""
@@ -72,6 +74,7 @@ class Grid:
         bucket.remove(key)
         if not bucket:
             del self._cells[ck]
+            del self._keys[ck]
 
     def candidates(self, x: float, z: float, radius: float) -> Iterator[array]:
         """Yield the cell buckets (iterate them for keys) that may hold keys within `radius`

@@ -164,3 +164,17 @@ def test_big_band_rebuilds_trim_the_heap_and_views_stay_exact(monkeypatch):
     monkeypatch.setattr(views, "release_free_heap", lambda: calls.append(1) or real())  # counts, then trims
     walk(17, n=80, observers=20, ticks=40, step=0.8, skin=2.0, rebuild_limit=5)
     assert calls
+
+
+def test_grid_keys_in_one_cell_share_its_key_tuple():
+    """Keys standing in one cell hold that cell's one key tuple (memory), through moves and empties."""
+    g = Grid(10.0)
+    g.insert(1, 1.0, 1.0)
+    g.insert(2, 2.0, 2.0)
+    g.insert(3, 25.0, 1.0)
+    assert g._where[1] is g._where[2] and g._where[1] is not g._where[3]
+    assert g.update(3, 3.0, 3.0)
+    assert g._where[3] is g._where[1]
+    for k in (1, 2, 3):
+        g.remove(k)
+    assert not g._keys and not g._cells
