@@ -86,7 +86,9 @@ class SessionTable:
     def add(self, session: Session) -> None:
         """Register a newly admitted session."""
         self.online[session.pid] = session
-        self.by_name[session.name.lower()] = session.pid
+        key = session.name.lower()
+        # An all-lower-case name is its own key: one string a player, not two.
+        self.by_name[session.name if key == session.name else key] = session.pid
         self.grace.pop(session.pid, None)
 
     def drop(self, session: Session, pose: Pose | None) -> None:

@@ -57,3 +57,18 @@ async def test_claimed_names_are_one_name_in_any_letter_case(start_shard):
         again = await join(shard.ws_url, name.upper(), password="pw-case")
         assert again.you == first.you
         await close_all(again)
+
+
+def test_the_name_table_keeps_one_string_for_a_lower_case_name():
+    """by_name is keyed by the lower-cased name, which is the name itself when it already was."""
+    from server.sessions import Session, SessionTable
+    table = SessionTable(grace_s=0)
+    low = Session("p:ada.1", "ada", False, False, None, None)
+    mixed = Session("p:Bo.2", "Bo", False, False, None, None)
+    table.add(low)
+    table.add(mixed)
+    (k1, k2) = table.by_name
+    assert k1 is low.name and k2 == "bo"
+    assert table.find("ADA") is low and table.find("bo") is mixed
+    table.drop(low, None)
+    assert table.find("ada") is None
