@@ -7,6 +7,12 @@ A task is started only for work that must await (hello's account checks, place/r
 frames that arrive meanwhile wait in a small backlog so each client's messages keep their
 order. Hello timeouts, close timeouts and keepalive pings are the `Listener`'s one sweep.
 
+An admitted player's core is parked between reads: whenever a fresh core would be in its
+state (the usual case: waiting for the next frame with nothing held), it is dropped and
+`PARKED` (`server.wscore`) stands in, ~1.2 KB less per idle player. Moves, pings and pongs
+are handled without it; anything else (other frames, a close, an error to send) gets a fresh
+one first.
+
 This is the one place that maps exceptions to what the client sees:
 ClientError -> `error` reply (and a charge on the abuse bucket; empty -> 4008);
 CloseConnection -> optional `error`, then its close code; StoreError -> `busy`;
@@ -17,24 +23,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import uuid
 
 from websockets.datastructures import Headers
 from websockets.frames import Opcode, apply_mask as _apply_mask
-from websockets.protocol import Protocol, State
-from websockets.streams import StreamReader
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from server.errors import (BUSY, INTERNAL_ERROR, INVALID, PROTOCOL_VIOLATION, Abuse, ClientError,
                            CloseConnection)
 from server.protocol import Hello, ProtocolError, encode, parse
 from server.shard import MESSAGE_TYPES as _MESSAGE_TYPES
+from server.wscore import PARKED, Parked, is_fresh, new_core, open_core, restart_frame_parser
 from worldstate.records import StoreError
 
 log = logging.getLogger("worldsmith.connection")
 
-SUBPROTOCOL = "world.v1"
-_SUBPROTOCOLS = [SUBPROTOCOL]
 # Frames held while an awaiting job runs; past this the socket stops being read, as
 # websockets' own max_queue would (the client's sends then back up in TCP).
 BACKLOG_LIMIT = 16
@@ -47,13 +50,13 @@ class ShardConnection(asyncio.Protocol):
     """One socket on the shard's port: plain HTTP, or a WebSocket player at /ws."""
 
     __slots__ = ("listener", "transport", "protocol", "session", "task", "backlog", "parts",
-                 "closing", "counted", "heard", "pinged", "framed")
+                 "closing", "counted", "heard", "pinged")
 
     def __init__(self, listener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
-        self.protocol = ServerProtocol(subprotocols=_SUBPROTOCOLS, max_size=listener.max_frame,
-                                       logger=listener.ws_logger)
+        self.protocol: ServerProtocol | Parked = new_core(max_size=listener.max_frame,
+                                                          logger=listener.ws_logger)
         self.session = None        # set once hello is admitted
         self.task: asyncio.Task | None = None  # the awaiting job in progress, if any
         self.backlog: collections.deque | None = None  # frames waiting on that job
@@ -62,9 +65,6 @@ class ShardConnection(asyncio.Protocol):
         self.counted = False       # counted in shard.connections (an accepted upgrade)
         self.heard = True          # data since the last keepalive sweep
         self.pinged = False        # a keepalive ping is unanswered
-        # The core's parser was seen waiting at a frame boundary with nothing buffered and no
-        # fragmented message open, and has not been fed since (only receive_* moves it on).
-        self.framed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -73,30 +73,33 @@ class ShardConnection(asyncio.Protocol):
         self.listener.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
-        """Feed the bytes to the WebSocket core and handle every event they complete."""
+        """Feed the bytes to the WebSocket core and handle every event they complete.
+
+        A parked connection first handles the frames that need no core (`_plain_frames`);
+        only bytes left over get a core. Afterwards the core is parked again if it can be.
+        """
         self.heard = True
-        if self.session is not None:
+        if self.protocol is PARKED:
             data = self._plain_frames(data)
             if not data:
-                if self.protocol.writes:  # e.g. a 1007 close: the frames above wrote nothing else
-                    self.flush()
+                self.flush()  # e.g. a 1007 close (`fail` queues it on a fresh core)
                 return
-        self.framed = False
-        self.protocol.receive_data(data)
+        proto = self._unpark()
+        proto.receive_data(data)
         try:
             self._handle_events()
         except Exception:  # a bug in a route or the layer: this socket only, never the loop
             log.exception("closing a connection after an unexpected error")
-            if self.protocol.state is State.CONNECTING:
-                self.protocol.send_response(self.protocol.reject(500, "internal error\n"))
+            if proto.state is State.CONNECTING:
+                proto.send_response(proto.reject(500, "internal error\n"))
             else:
                 self.close_with(CloseConnection(INTERNAL_ERROR, "internal error"))
         self.flush()
+        self._park()
 
     def eof_received(self) -> None:
         """The client half-closed: let the core finish, then the transport closes."""
-        self.framed = False
-        self.protocol.receive_eof()
+        self._unpark().receive_eof()
         self.flush()
 
     def connection_lost(self, exc) -> None:
@@ -111,7 +114,10 @@ class ShardConnection(asyncio.Protocol):
     # -- output ---------------------------------------------------------------------
     def flush(self) -> None:
         """Write what the WebSocket core has to send; its end-of-stream closes the socket."""
-        for data in self.protocol.data_to_send():
+        proto = self.protocol
+        if proto is PARKED:  # parked only with nothing queued; whatever sends unparks first
+            return
+        for data in proto.data_to_send():
             if data:
                 self.transport.write(data)
             else:  # a server closes TCP once the closing handshake is done (RFC 6455 7.1.1)
@@ -127,7 +133,7 @@ class ShardConnection(asyncio.Protocol):
         self.closing = True
         self._leave()
         self.listener.waiting.pop(self, None)
-        proto = self.protocol
+        proto = self._unpark()
         if proto.state is not State.OPEN:
             if proto.state is State.CONNECTING:  # still plain HTTP: nothing to say
                 self.transport.close()
@@ -148,8 +154,13 @@ class ShardConnection(asyncio.Protocol):
 
     def ping(self) -> None:
         """Send a keepalive ping (the listener's sweep decides when)."""
-        if self.protocol.state is State.OPEN and not self.closing:
-            self.protocol.send_ping(b"")
+        if self.closing:
+            return
+        proto = self.protocol
+        if proto is PARKED:  # the frame the core would write, without waking one for it
+            self.transport.write(_EMPTY_PING)
+        elif proto.state is State.OPEN:
+            proto.send_ping(b"")
             self.flush()
 
     # -- input ----------------------------------------------------------------------
@@ -183,41 +194,42 @@ class ShardConnection(asyncio.Protocol):
                 self.listener.shard.metrics.closes.inc(str(self.protocol.close_sent.code))
 
     def _plain_frames(self, data: bytes) -> bytes:
-        """Handle the whole, small, masked text frames at the start of `data` without the core.
+        """Handle the whole, small, masked frames at the start of `data` that need no core.
 
-        A player's traffic is mostly such frames (moves), and the core's generator-based parser
-        costs several times what handling a move does. Taken only where the core would do
-        nothing but yield the frame: the connection open, its parser at a frame boundary with
-        nothing buffered, no fragmented message in progress, and a frame within max_frame.
-        Returns the bytes left for the core (anything else: control frames, fragments, a
-        frame split across reads, or everything after a close began).
+        Called while parked, i.e. where a core would be open, at a frame boundary with nothing
+        buffered and no fragmented message in progress, and would do nothing with such a frame
+        but yield it: a player's moves (text frames; the core's generator-based parser costs
+        several times what handling a move does) and an idle client's pings and pongs. A ping
+        is answered here as the core would, with a pong carrying its payload (RFC 6455 5.5.2);
+        a pong asks for nothing but the `heard` any data sets (5.5.3). Frames over max_frame
+        are left to the core. Returns the bytes left for a core: anything else (other frames,
+        fragments, a frame split across reads, or everything after a close began).
         """
-        proto = self.protocol
-        if self.closing or proto.state is not State.OPEN:
-            return data
-        if not self.framed:  # checked once after each time the core was fed, not per read
-            if proto.current_size is not None or not _at_frame_boundary(proto):
-                return data
-            self.framed = True
         pos, n = 0, len(data)
         limit = self.listener.max_frame
-        while n - pos >= 6 and data[pos] == _FIN_TEXT and not self.closing:
+        while n - pos >= 6 and not self.closing:
+            first = data[pos]
+            if first != _FIN_TEXT and first != _FIN_PING and first != _FIN_PONG:
+                break
             length = data[pos + 1] ^ 0x80  # the mask bit must be set: client frames are masked
             if length < 126:
                 start = pos + 6
-            elif length == 126:
+            elif length == 126 and first == _FIN_TEXT:  # a control frame carries <= 125 bytes
                 if n - pos < 8:
                     break
                 length = (data[pos + 2] << 8) | data[pos + 3]
                 start = pos + 8
-            else:  # 127 (a 64-bit length) or an unmasked frame (>= 128): the core decides
+            else:  # a 64-bit length, an unmasked frame, a long control frame: the core decides
                 break
             end = start + length
             if end > n or length > limit:
                 break
-            text = _apply_mask(data[start:end], data[start - 4:start])
+            payload = _apply_mask(data[start:end], data[start - 4:start])
             pos = end
-            self._message(text, Opcode.TEXT)
+            if first == _FIN_TEXT:
+                self._message(payload, Opcode.TEXT)
+            elif first == _FIN_PING:
+                self.transport.write(bytes((_FIN_PONG, length)) + payload)  # unmasked, <= 125
         return data[pos:] if pos else data
 
     def _request(self, request) -> None:
@@ -237,7 +249,7 @@ class ShardConnection(asyncio.Protocol):
         # reads them once the response is sent.
         request.headers = _NO_HEADERS
         if response.status_code == 101:
-            _restart_frame_parser(self.protocol)
+            restart_frame_parser(self.protocol)
 
     def _message(self, data: bytes, opcode: Opcode) -> None:
         """One complete client message: handled now, or queued behind an awaiting job."""
@@ -245,7 +257,7 @@ class ShardConnection(asyncio.Protocol):
             try:
                 data = data.decode()
             except UnicodeDecodeError as exc:  # RFC 6455 8.1: fail the connection, 1007
-                self.protocol.fail(1007, f"{exc.reason} at position {exc.start}")
+                self._unpark().fail(1007, f"{exc.reason} at position {exc.start}")
                 self.closing = True
                 self._leave()
                 return
@@ -287,7 +299,7 @@ class ShardConnection(asyncio.Protocol):
                                               field="t", re=msg.id))
         shard.metrics.messages_in.inc("hello")
         self.listener.waiting.pop(self, None)  # the hello timeout no longer applies
-        _restart_frame_parser(self.protocol)  # frees the hello frame (an idle player's last)
+        restart_frame_parser(self.protocol)  # frees the hello frame (an idle player's last)
         self._start(self._admit(msg), msg.id)
 
     async def _admit(self, hello: Hello) -> None:
@@ -354,6 +366,7 @@ class ShardConnection(asyncio.Protocol):
             if not self.closing and self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
         self.flush()
+        self._park()
 
     # -- the one exception ladder ---------------------------------------------------------
     def _failed(self, exc: BaseException, msg_id, kind: str | None = None) -> None:
@@ -388,39 +401,33 @@ class ShardConnection(asyncio.Protocol):
         if self.session is not None:
             self.listener.shard.leave(self.session, self)
 
+    # -- parking the core -----------------------------------------------------------------
+    def _park(self) -> None:
+        """Drop an admitted player's core while a fresh one would be in its state.
 
-def _restart_frame_parser(proto: ServerProtocol) -> None:
-    """Give the core a fresh frame parser, when that is exact, to free what the old one holds.
+        Called after each read and each job; an idle player's core then holds nothing a new
+        one lacks, and dropping it frees ~1.2 KB per player (its parser generator, stream
+        reader and buffers, event and write lists). `_unpark` makes the new one when needed.
+        """
+        proto = self.protocol
+        if (proto is PARKED or self.session is None or self.closing or self.parts is not None
+                or not is_fresh(proto)):
+            return
+        self.protocol = PARKED
 
-    The parser is a generator suspended for the socket's life. After the handshake it still
-    holds the request (a local of the handshake step), and after any frame that frame and
-    its payload (~0.8 KB per idle player in all). A new `Protocol.parse` generator is the
-    same state whenever the old one waits at a frame boundary with nothing buffered; when
-    it doesn't (the client sent more already), the old one is kept.
-    """
-    if not _at_frame_boundary(proto):
-        return  # mid-frame, or more is buffered already
-    proto.parser = Protocol.parse(proto)
-    next(proto.parser)  # runs to its wait for the next frame, as the old one was
-    proto.id = _NO_ID  # a fresh uuid per connection, read only by websockets' debug logs
-
-
-def _at_frame_boundary(proto: Protocol) -> bool:
-    """True when the core's frame parser waits for a new frame with nothing buffered."""
-    frames = proto.parser
-    if frames.gi_code is _SERVER_PARSE:  # the handshake step delegating to the frame loop
-        frames = frames.gi_yieldfrom
-    if frames is None or frames.gi_code is not _FRAME_PARSE or proto.reader.buffer:
-        return False
-    waiting = frames.gi_yieldfrom
-    return waiting is not None and waiting.gi_code is _AT_EOF
+    def _unpark(self) -> ServerProtocol:
+        """The connection's core: its own, or a fresh OPEN one if it was parked."""
+        proto = self.protocol
+        if proto is PARKED:
+            proto = self.protocol = open_core(max_size=self.listener.max_frame,
+                                              logger=self.listener.ws_logger)
+        return proto
 
 
 _FIN_TEXT = 0x81  # FIN, no RSV bits (no extensions are negotiated), opcode text
-_SERVER_PARSE = ServerProtocol.parse.__code__
-_FRAME_PARSE = Protocol.parse.__code__
-_AT_EOF = StreamReader.at_eof.__code__
-_NO_ID = uuid.UUID(int=0)
+_FIN_PING = 0x89  # the same, opcode ping
+_FIN_PONG = 0x8A  # the same, opcode pong
+_EMPTY_PING = bytes((_FIN_PING, 0))  # a server's keepalive ping: unmasked, no payload
 
 
 def _parse(shard, frame: bytes):

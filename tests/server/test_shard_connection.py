@@ -1,11 +1,20 @@
 """The lean connection layer (server.wsconn, server.listener): no task per idle player,
-message order across awaiting jobs, fragmented messages, keepalive, invalid UTF-8."""
+message order across awaiting jobs, fragmented messages, keepalive, invalid UTF-8, and
+parked cores (server.wscore): a quiet player's connection behaves the same without one."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
+import weakref
 
+import orjson
+import pytest
+from websockets.protocol import State
+
+from server.wsconn import ShardConnection
+from server.wscore import PARKED
 from tests.server.wire import WAIT_S, SUBPROTOCOL, close_all, join, unique_name
 
 
@@ -253,4 +262,137 @@ async def test_a_frame_cut_after_its_mask_goes_to_the_core_even_if_its_rest_look
     assert (await pong())["ct"] == 1
     writer.write(cut[6:])
     assert (await pong())["ct"] == 5
+    writer.close()
+
+
+# -- parked cores: an admitted, quiet player's connection holds no websockets core ----------
+
+async def _frames_until_pong(reader: asyncio.StreamReader, ct) -> list[tuple[int, bytes]]:
+    """Read until the `pong` message for `ct`; return the frames before it, `state`s left out."""
+    seen = []
+    while True:
+        opcode, payload = await _read_frame(reader)
+        if opcode == 0x1:
+            msg = orjson.loads(payload)
+            if msg["t"] == "pong" and msg.get("ct") == ct:
+                return seen
+            if msg["t"] == "state":
+                continue
+        seen.append((opcode, payload))
+
+
+async def _barrier(reader, writer, ct) -> list[tuple[int, bytes]]:
+    """Ping (the message) and wait for its pong: the shard has handled all sent before."""
+    writer.write(_masked(orjson.dumps({"t": "ping", "ct": ct}), 0x81))
+    return await _frames_until_pong(reader, ct)
+
+
+async def _parked_player(shard) -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
+                                         ShardConnection]:
+    """A raw-socket player, admitted, whose connection has parked its core since."""
+    reader, writer = await _raw_upgrade(shard.port)
+    writer.write(_masked(orjson.dumps({"t": "hello", "v": 1, "name": unique_name("park")}), 0x81))
+    opcode, payload = await _read_frame(reader)
+    welcome = orjson.loads(payload)
+    assert opcode == 0x1 and welcome["t"] == "welcome", welcome
+    conn = shard.sessions.online[welcome["you"]].conn
+    await _barrier(reader, writer, "settled")
+    assert conn.protocol is PARKED and conn.protocol.state is State.OPEN
+    return reader, writer, conn
+
+
+async def test_an_admitted_quiet_player_holds_no_websocket_core(shard):
+    """Once a player's hello is answered and its traffic handled, its connection's core is gone
+    (freed, not just unreferenced by the connection) and writes to it still go out."""
+    reader, writer = await _raw_upgrade(shard.port)
+    conn = next(iter(shard.listener.conns))
+    core = weakref.ref(conn.protocol)
+    writer.write(_masked(orjson.dumps({"t": "hello", "v": 1, "name": unique_name("q")}), 0x81))
+    assert orjson.loads((await _read_frame(reader))[1])["t"] == "welcome"
+    await _barrier(reader, writer, 1)
+    gc.collect()
+    assert conn.protocol is PARKED and core() is None
+    assert shard.write(conn.session, b'{"t":"hi"}', "hi")  # a parked connection is OPEN
+    while orjson.loads((await _read_frame(reader))[1])["t"] != "hi":
+        pass
+    writer.close()
+
+
+async def test_a_parked_player_gets_each_ping_answered_with_its_payload(shard):
+    """Client pings (empty, 125 bytes) get pongs with their payloads, in order, and the
+    connection stays parked."""
+    reader, writer, conn = await _parked_player(shard)
+    writer.write(_masked(b"", 0x89) + _masked(b"p" * 125, 0x89))
+    assert await _barrier(reader, writer, 2) == [(0xA, b""), (0xA, b"p" * 125)]
+    assert conn.protocol is PARKED
+    writer.close()
+
+
+async def test_a_parked_player_that_answers_keepalive_pings_stays(shard):
+    """The sweep's ping reaches a parked player as an empty ping frame; answered with a pong,
+    the player is pinged again next round rather than closed, and stays parked."""
+    listener = shard.listener
+    reader, writer, conn = await _parked_player(shard)
+    for round_ in range(2):
+        listener._keepalive()  # heard since the last round: marks reset
+        listener._keepalive()  # silent since: pinged
+        assert await _barrier(reader, writer, f"ping{round_}") == [(0x9, b"")]
+        writer.write(_masked(b"", 0x8A))
+        await _barrier(reader, writer, f"pong{round_}")
+        assert conn.protocol is PARKED and not conn.closing
+    listener._keepalive()
+    listener._keepalive()
+    assert await _barrier(reader, writer, "end") == [(0x9, b"")]
+    writer.close()
+
+
+async def test_a_parked_player_can_send_a_fragmented_message(shard):
+    """A message in three fragments, and a ping between two of them, are handled as by a core
+    that never parked; the connection parks again after."""
+    reader, writer, conn = await _parked_player(shard)
+    text = orjson.dumps({"t": "ping", "ct": "frag"})
+    writer.write(_masked(text[:4], 0x01) + _masked(text[4:9], 0x00) + _masked(b"mid", 0x89))
+    await writer.drain()
+    writer.write(_masked(text[9:], 0x80))
+    # The core's pong goes out when the read is done: before or after the message's reply.
+    seen = await _frames_until_pong(reader, "frag") + await _barrier(reader, writer, 3)
+    assert seen == [(0xA, b"mid")]
+    assert conn.protocol is PARKED
+    writer.close()
+
+
+async def test_a_parked_player_gets_error_replies_and_stays_parked(shard):
+    """Messages the shard refuses (unknown type, bad JSON) get their error replies, and the
+    connection stays parked."""
+    reader, writer, conn = await _parked_player(shard)
+    writer.write(_masked(b'{"t":"nope","id":1}', 0x81) + _masked(b"{", 0x81))
+    got = [orjson.loads(p) for _, p in await _barrier(reader, writer, 4)]
+    assert [(m["t"], m["code"]) for m in got] == [("error", "unknown_type"), ("error", "bad_json")]
+    assert conn.protocol is PARKED
+    writer.close()
+
+
+_CLOSE_4100 = (4100).to_bytes(2, "big") + b"bye"
+
+
+@pytest.mark.parametrize("frame,code,echo", [
+    (_masked(_CLOSE_4100, 0x88), 4100, _CLOSE_4100),        # client-initiated: echoed as sent
+    (_masked(b"x" * (16 * 1024 + 1), 0x81), 1009, None),     # over max_frame (16 KiB)
+    (_masked(b'{"t":"ping","ct":"\xff"}', 0x81), 1007, None),  # not UTF-8
+    (_masked(b"p" * 126, 0x89), 1002, None),                  # a control frame over 125 bytes
+    (bytes([0x81, 2]) + b"hi", 1002, None),                   # unmasked
+], ids=["client-close", "oversize", "invalid-utf8", "long-ping", "unmasked"])
+async def test_a_parked_player_is_closed_as_before(shard, frame, code, echo):
+    """A close frame or a frame that fails the connection, sent to a parked one, gets the close
+    a core gives (a client's close echoed as sent), then the socket ends and the player has left."""
+    reader, writer, conn = await _parked_player(shard)
+    session = conn.session
+    writer.write(frame)
+    while (got := await _read_frame(reader))[0] != 0x8:
+        assert got[0] == 0x1
+    assert int.from_bytes(got[1][:2], "big") == code
+    assert echo is None or got[1] == echo
+    assert await asyncio.wait_for(reader.read(), WAIT_S) == b""
+    assert conn.protocol.state is not State.OPEN and session.pid not in shard.sessions.online
+    assert not shard.write(session, b'{"t":"hi"}', "hi")
     writer.close()
