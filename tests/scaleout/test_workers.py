@@ -230,6 +230,9 @@ async def test_unbegun_request_of_a_departed_worker_goes_to_another(broker, remo
             break
         taken = next(s for s in streams if s.id == rid)
         await remote.wait_for_reports(lambda w: taken.worker == name, timeout=5)
+        # It leaves as a departing worker does: off the shared subscription (so the offer
+        # made again can only reach the workers still there), then its empty report.
+        await silent.unsubscribe(TOPICS.shared_requests)
         await silent.publish(TOPICS.load(name), b"", qos=1, retain=True)  # it leaves
         pieces, result = await asyncio.wait_for(collect(taken), 10)
     assert taken.worker != name and taken.attempts == 2
