@@ -214,6 +214,9 @@ async def test_no_worker_means_busy(broker) -> None:
 async def test_unbegun_request_of_a_departed_worker_goes_to_another(broker, remote, reference) -> None:
     """A request a worker accepted but never began is offered again when that worker leaves, and completes."""
     name = "silent"
+    # The workers are shared with earlier tests (the saturation test's cancelled answers may
+    # still hold their slots): start from idle ones, or the offer made again may meet `busy`.
+    await remote.wait_for_reports(lambda w: all(load.in_flight == 0 for load in w.values()), timeout=10)
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5,
                               identifier="silent-worker") as silent:
         load = WorkerLoad(name, 0, 0, 0, CAPACITY, 0.0, 0, "tiny", "serving", 0)
