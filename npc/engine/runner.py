@@ -71,29 +71,21 @@ class _Shared:
     mask: torch.Tensor  # (1, m, 1, suffix): 0 where a member's tail exists, else -inf
 
 
-def _reserved_zeros(shape: tuple[int, ...], dtype: torch.dtype,
-                    device: torch.device) -> tuple[torch.Tensor, mmap.mmap | None]:
-    """A zero tensor whose pages, on a CPU, are committed only when first written, and the
-    mapping behind it (None on other devices).
+def _reserved_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor whose pages, on a CPU, are committed only when first written.
 
     An anonymous mapping reads as zeros and takes RAM page by page as it is written (torch.zeros
     would write every byte up front). Huge pages are declined: with them the first token of a
     row committed 2 MiB per layer and head, over 300 MiB for one short conversation.
     """
     if device.type != "cpu":
-        return torch.zeros(shape, dtype=dtype, device=device), None
+        return torch.zeros(shape, dtype=dtype, device=device)
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     buf = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         buf.madvise(mmap.MADV_NOHUGEPAGE)
     # The tensor holds a reference to `buf`, which unmaps when the last view of it goes.
-    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes).view(dtype).view(shape), buf
-
-
-# Linux's MADV_POPULATE_WRITE (5.14+): commit a range of a mapping in one call. A row's K/V
-# written token by token otherwise takes a page fault every 16 positions per layer and head
-# (~190,000 for the bench's 32 fresh conversations, ~4 us each on the hosts measured).
-MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
 
 
 class StepContext:
@@ -231,11 +223,8 @@ class Runner:
         self.v_pages = torch.zeros(pages, dtype=dtype, device=self.device)
         self.max_running = max_running
         rows = (cfg.num_layers, max_running, cfg.num_kv_heads, row_len, cfg.head_dim)
-        self.k_rows, k_buf = _reserved_zeros(rows, dtype, self.device)  # (L, R, Hkv, row_len, D)
-        self.v_rows, v_buf = _reserved_zeros(rows, dtype, self.device)
-        # Mappings whose rows are committed ahead of use, and how far each row is committed.
-        self._row_bufs = [b for b in (k_buf, v_buf) if b is not None] if self.populate_rows else []
-        self._committed = [0] * max_running
+        self.k_rows = _reserved_zeros(rows, dtype, self.device)  # (L, R, Hkv, row_len, D)
+        self.v_rows = _reserved_zeros(rows, dtype, self.device)
         self._row_seq: list[Sequence | None] = [None] * max_running
         self._row_of: dict[int, int] = {}  # seq_id -> row
         self._filled: dict[int, int] = {}  # seq_id -> positions of its row holding valid K/V
@@ -251,28 +240,6 @@ class Runner:
         return sum(t.numel() * t.element_size() for t in (self.k_pages, self.v_pages, self.k_rows, self.v_rows))
 
     # -- rows -----------------------------------------------------------------------------
-    # Commit a row's pages for a sequence's whole span when it takes the row, in one call per
-    # layer and head, instead of a fault per page as its K/V is written (CPU, Linux 5.14+).
-    populate_rows = True
-
-    def _commit(self, row: int, positions: int) -> None:
-        """Make sure row `row` has RAM for its first `positions` positions (if populating)."""
-        positions = min(positions, self.row_len)
-        if positions <= self._committed[row] or not self._row_bufs:
-            return
-        layers, rows, heads, row_len, dim = self.k_rows.shape
-        span = row_len * dim * self.k_rows.element_size()  # one (layer, row, head) run, page-aligned
-        size = positions * dim * self.k_rows.element_size()
-        try:
-            for buf in self._row_bufs:
-                for layer in range(layers):
-                    for head in range(heads):
-                        buf.madvise(MADV_POPULATE_WRITE, ((layer * rows + row) * heads + head) * span, size)
-        except (OSError, ValueError):  # an older kernel, or a span not page-aligned
-            self._row_bufs = []
-            return
-        self._committed[row] = positions
-
     def _row(self, seq: Sequence) -> int:
         row = self._row_of.get(seq.seq_id)
         if row is not None:
@@ -285,7 +252,6 @@ class Runner:
                 self._row_seq[row] = seq
                 self._row_of[seq.seq_id] = row
                 self._filled[seq.seq_id] = 0
-                self._commit(row, seq.num_prompt + seq.params.max_tokens)
                 return row
         raise RuntimeError("more running sequences than KV rows")
 

@@ -243,26 +243,6 @@ def test_kv_rows_are_reserved_not_committed() -> None:
 
 
 
-@pytest.mark.parametrize("populate", [True, False])
-def test_a_row_is_committed_for_its_sequence_when_taken(populate, monkeypatch) -> None:
-    """Taking a row commits RAM for the sequence's prompt and answer in one go (Linux 5.14+),
-    not page by page as K/V is written; only that span, and only when populating."""
-    monkeypatch.setattr(Runner, "populate_rows", populate)
-    runner = Runner(MODEL, num_blocks=4, block_size=8, max_running=4, row_len=4096)
-    seq = Sequence(list(range(1, 1001)), SamplingParams(max_tokens=3000))
-    before = _resident_bytes()
-    row = runner._row(seq)
-    grown = _resident_bytes() - before
-    layers, _, heads, _, dim = runner.k_rows.shape
-    span = 2 * layers * heads * 4000 * dim * runner.k_rows.element_size()  # K and V: 2 MiB here
-    if populate:
-        assert span * 0.9 <= grown < span * 1.5, (grown, span)
-        assert runner._committed[row] == 4000
-    else:
-        assert grown < span // 8, (grown, span)
-    assert runner.k_rows[:, row].abs().sum().item() == 0  # still zeros
-
-
 def test_slot_runs_merge_adjacent_blocks_and_split_at_gaps() -> None:
     """A prefix is copied from the pages as runs of adjacent slots, which must cover exactly its positions."""
     runner = Runner(MODEL, num_blocks=16, block_size=4, max_running=2, row_len=64)
