@@ -3,7 +3,7 @@
 `Views` works on the world's int slots and reads positions from the world's own lists; the
 `World` tells it about every add, removal and pose change and asks it for a tick's diffs.
 
-How a tick stays cheap: each observer's view is sorted arrays of slots, with the reverse index
+How a tick stays cheap: each observer's view is two sorted arrays of slots, with the reverse index
 (who sees this slot) beside it; since areas of interest are the same size for everyone, an
 observer's reverse index is the observers in its own view, so only other entities store one.
 Pairs near the edge of an area of interest live in a `PairBand` checked in bulk with numpy;
@@ -51,6 +51,12 @@ def _add(a: array, x: int) -> None:
     i = bisect_left(a, x)
     if i == len(a) or a[i] != x:
         a.insert(i, x)
+
+
+def _has(a: array, x: int) -> bool:
+    """Whether the sorted array `a` holds `x`."""
+    i = bisect_left(a, x)
+    return i < len(a) and a[i] == x
 
 
 def _discard(a: array, x: int) -> None:
@@ -223,14 +229,7 @@ class Views:
         extra = self._extra.get(s)
         if extra:
             candidates = extra.union(candidates)
-        out = []
-        for o in candidates:
-            view = views.get(o)
-            if view is not None:
-                i = bisect_left(view, s)
-                if i < len(view) and view[i] == s:
-                    out.append(o)
-        return out
+        return [o for o in candidates if o in views and _has(views[o], s)]
 
     def _thing_view(self, o: int) -> array:
         """The non-observers in `o`'s view, made on first use."""
@@ -254,7 +253,7 @@ class Views:
             return None
         return sorted(peers + self._things[o]) if o in self._things else list(peers)
 
-    def reset(self, o: int) -> array:
+    def reset(self, o: int) -> list[int]:
         """Make `o`'s view exactly what it sees now (watching it if needed) and return it."""
         self.watch(o)
         new = self._exact_view(o)
